@@ -1,0 +1,14 @@
+//! natsguard: identity-aware NATS for Envoy and Istio.
+//!
+//! Everything natsguard decides is a pure function of bytes, time and configuration. The
+//! proxy-wasm layer (`filter`, wasm32 only) moves bytes between Envoy and the host-testable
+//! connection engine, and applies the effects the engine asks for.
+//!
+//! Dependencies point down: `filter` → `engine` → {`protocol`, `policy`, `identity`}.
+
+pub mod identity;
+pub mod policy;
+pub mod protocol;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;
