@@ -1,1 +1,0 @@
-//! identity (placeholder until its issue lands).
