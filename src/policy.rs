@@ -1,1 +1,0 @@
-//! policy (placeholder until its issue lands).

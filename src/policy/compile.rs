@@ -1,0 +1,612 @@
+//! Validation and compilation of a [`Config`] into a [`Policy`], and per-connection resolution
+//! of the rules an identity matches into [`ConnectionPermissions`].
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use super::config::{
+    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig,
+    PermissionForm, SubjectPermissionConfig, TrustedProxyConfig, UpstreamConfig,
+};
+use super::connection::{ConnectionPermissions, EffectivePermissions, ResponsePermission};
+use super::duration::parse_go_duration;
+use super::identity_facts::IdentityFacts;
+use super::rules::{ClaimCondition, FromClause, StringMatch};
+use super::subject::is_valid_subject;
+use super::template::Template;
+use super::trie::PatternTrie;
+use crate::identity::{IdentityConfig, ProxySigner};
+
+/// nats-server's defaults for `allow_responses` (server/const.go).
+const DEFAULT_RESPONSE_MAX_MSGS: i64 = 1;
+const DEFAULT_RESPONSE_EXPIRES_NANOS: i64 = 120_000_000_000;
+/// Largest accepted `limits.max_connect_line` (16 MiB) and `limits.decision_cache_entries`.
+const MAX_CONNECT_LINE_LIMIT: u32 = 16 << 20;
+const MAX_DECISION_CACHE_ENTRIES: u32 = 1 << 16;
+/// How many distinct template-free rule combinations keep a shared compiled permission set.
+const MAX_SHARED_COMBINATIONS: usize = 256;
+
+/// A permission entry: a subject and, for subscribe entries, an optional queue group.
+#[derive(Clone, Debug)]
+struct Entry {
+    subject: Template,
+    queue: Option<Template>,
+}
+
+impl Entry {
+    fn has_template(&self) -> bool {
+        !self.subject.is_literal() || self.queue.as_ref().is_some_and(|queue| !queue.is_literal())
+    }
+}
+
+/// One direction (publish or subscribe) of a rule. `allow: None` is unrestricted.
+#[derive(Clone, Debug, Default)]
+struct DirectionRules {
+    allow: Option<Vec<Entry>>,
+    deny: Vec<Entry>,
+}
+
+#[derive(Debug)]
+struct CompiledRule {
+    name: String,
+    from: Option<FromClause>,
+    publish: DirectionRules,
+    subscribe: DirectionRules,
+    responses: Option<ResponsePermission>,
+    has_templates: bool,
+}
+
+/// Upstream credentials natsguard puts into the CONNECT it forwards.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UpstreamCredentials {
+    /// `user` + `pass`.
+    UserPassword {
+        /// CONNECT `user`.
+        user: String,
+        /// CONNECT `pass`.
+        pass: String,
+    },
+    /// `auth_token`.
+    Token(String),
+}
+
+impl std::fmt::Debug for UpstreamCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamCredentials::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, pass: <redacted> }}")
+            }
+            UpstreamCredentials::Token(_) => f.write_str("Token(<redacted>)"),
+        }
+    }
+}
+
+/// Where the trusted-proxy nkey seed comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum TrustedProxySeed {
+    /// The seed itself (validated with the identity module's `ProxySigner::from_seed`).
+    Seed(String),
+    /// An environment variable the filter reads at start.
+    Env(String),
+}
+
+impl std::fmt::Debug for TrustedProxySeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TrustedProxySeed::Seed(_) => f.write_str("Seed(<redacted>)"),
+            TrustedProxySeed::Env(name) => write!(f, "Env({name:?})"),
+        }
+    }
+}
+
+/// No rule matched the identity and `default_action` is `deny`: refuse the connection at
+/// CONNECT with `Authorization Violation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NoMatchingRule;
+
+impl std::fmt::Display for NoMatchingRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("no rule matches the connection's identity and default_action is deny")
+    }
+}
+
+impl std::error::Error for NoMatchingRule {}
+
+/// A validated, compiled configuration.
+#[derive(Debug)]
+pub struct Policy {
+    identity: IdentityConfig,
+    default_action: DefaultAction,
+    rules: Vec<CompiledRule>,
+    upstream: Option<UpstreamCredentials>,
+    trusted_proxy: Option<TrustedProxySeed>,
+    limits: LimitsConfig,
+    strip_connect_urls: bool,
+    unrestricted: Arc<EffectivePermissions>,
+    /// Compiled permission sets of template-free rule combinations, shared by connections.
+    shared: Mutex<BTreeMap<Vec<usize>, Arc<EffectivePermissions>>>,
+}
+
+/// A compiled policy and the warnings the filter should log.
+#[derive(Debug)]
+pub struct LoadedPolicy {
+    /// The compiled policy.
+    pub policy: Policy,
+    /// One line per rule that leaves publish or subscribe unrestricted (and similar notes).
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    /// Parses, validates and compiles a JSON configuration.
+    pub fn from_json(json: &str) -> Result<LoadedPolicy, ConfigError> {
+        Policy::compile(Config::from_json(json)?)
+    }
+
+    /// Validates and compiles a parsed configuration; any problem rejects it as a whole.
+    pub fn compile(config: Config) -> Result<LoadedPolicy, ConfigError> {
+        config
+            .identity
+            .validate()
+            .map_err(|issue| ConfigError::new(format!("identity.{}", issue.path), issue.reason))?;
+        let mut warnings = Vec::new();
+        let mut rules = Vec::with_capacity(config.rules.len());
+        let mut names: HashSet<&str> = HashSet::new();
+        for (index, rule) in config.rules.iter().enumerate() {
+            let path = format!("rules[{index}]");
+            if rule.name.trim().is_empty() {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("duplicate rule name {:?}", rule.name),
+                ));
+            }
+            let from = rule
+                .from
+                .as_ref()
+                .map(|from| compile_from(from, &format!("{path}.from")))
+                .transpose()?;
+            let permissions_path = format!("{path}.permissions");
+            let permissions = &rule.permissions;
+            let responses = permissions
+                .allow_responses
+                .as_ref()
+                .map(|responses| {
+                    compile_responses(responses, &format!("{permissions_path}.allow_responses"))
+                })
+                .transpose()?
+                .flatten();
+            let mut publish = compile_direction(
+                permissions.publish.as_ref(),
+                &format!("{permissions_path}.publish"),
+                false,
+            )?;
+            if responses.is_some() && publish.allow.is_none() {
+                // nats-server: allow_responses without a publish allow list installs an empty
+                // one, so only reply subjects (and explicit allows) are publishable.
+                publish.allow = Some(Vec::new());
+            }
+            let subscribe = compile_direction(
+                permissions.subscribe.as_ref(),
+                &format!("{permissions_path}.subscribe"),
+                true,
+            )?;
+            for (direction, rules) in [("publish", &publish), ("subscribe", &subscribe)] {
+                if rules.allow.is_none() {
+                    warnings.push(format!(
+                        "rule {:?} leaves {direction} unrestricted",
+                        rule.name
+                    ));
+                }
+            }
+            let has_templates = [&publish, &subscribe]
+                .iter()
+                .flat_map(|direction| direction.allow.iter().flatten().chain(&direction.deny))
+                .any(Entry::has_template);
+            rules.push(CompiledRule {
+                name: rule.name.clone(),
+                from,
+                publish,
+                subscribe,
+                responses,
+                has_templates,
+            });
+        }
+        if config.default_action == DefaultAction::Allow {
+            warnings.push(
+                "default_action is allow: connections matching no rule are unrestricted".to_owned(),
+            );
+        }
+        let upstream = config.upstream.as_ref().map(compile_upstream).transpose()?;
+        let trusted_proxy = config
+            .trusted_proxy
+            .as_ref()
+            .map(compile_trusted_proxy)
+            .transpose()?;
+        validate_limits(&config.limits)?;
+        let unrestricted = Arc::new(EffectivePermissions::unrestricted(
+            Vec::new(),
+            config.limits.decision_cache_entries as usize,
+        ));
+        let policy = Policy {
+            identity: config.identity,
+            default_action: config.default_action,
+            rules,
+            upstream,
+            trusted_proxy,
+            limits: config.limits,
+            strip_connect_urls: config.strip_connect_urls,
+            unrestricted,
+            shared: Mutex::new(BTreeMap::new()),
+        };
+        Ok(LoadedPolicy { policy, warnings })
+    }
+
+    /// The effective permissions of a connection with this identity: the union of the allows
+    /// and of the denies of every matching rule (deny wins), templates expanded.
+    pub fn resolve(
+        &self,
+        identity: &dyn IdentityFacts,
+    ) -> Result<ConnectionPermissions, NoMatchingRule> {
+        let matched: Vec<usize> = self
+            .rules
+            .iter()
+            .enumerate()
+            .filter(|(_, rule)| rule.from.as_ref().is_none_or(|from| from.matches(identity)))
+            .map(|(index, _)| index)
+            .collect();
+        if matched.is_empty() {
+            return match self.default_action {
+                DefaultAction::Deny => Err(NoMatchingRule),
+                DefaultAction::Allow => {
+                    Ok(ConnectionPermissions::new(Arc::clone(&self.unrestricted)))
+                }
+            };
+        }
+        let templated = matched.iter().any(|&index| self.rules[index].has_templates);
+        let effective = if templated {
+            Arc::new(self.build(&matched, identity))
+        } else {
+            self.shared_build(matched, identity)
+        };
+        Ok(ConnectionPermissions::new(effective))
+    }
+
+    fn shared_build(
+        &self,
+        matched: Vec<usize>,
+        identity: &dyn IdentityFacts,
+    ) -> Arc<EffectivePermissions> {
+        // A poisoned lock only means another thread panicked mid-insert; the map is still valid.
+        let mut shared = self
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(existing) = shared.get(&matched) {
+            return Arc::clone(existing);
+        }
+        let built = Arc::new(self.build(&matched, identity));
+        if shared.len() < MAX_SHARED_COMBINATIONS {
+            shared.insert(matched, Arc::clone(&built));
+        }
+        built
+    }
+
+    fn build(&self, matched: &[usize], identity: &dyn IdentityFacts) -> EffectivePermissions {
+        let rules: Vec<&CompiledRule> = matched.iter().map(|&index| &self.rules[index]).collect();
+        let names = rules.iter().map(|rule| rule.name.clone()).collect();
+        let (publish_allow, publish_deny, _) =
+            union_direction(rules.iter().map(|rule| &rule.publish), identity);
+        let (subscribe_allow, subscribe_deny, subscribe_deny_subjects) =
+            union_direction(rules.iter().map(|rule| &rule.subscribe), identity);
+        let responses = rules
+            .iter()
+            .filter_map(|rule| rule.responses)
+            .reduce(ResponsePermission::most_permissive);
+        EffectivePermissions {
+            matched_rules: names,
+            publish_allow,
+            publish_deny,
+            subscribe_allow,
+            subscribe_deny,
+            subscribe_deny_subjects,
+            responses,
+            decision_cache_entries: self.limits.decision_cache_entries as usize,
+        }
+    }
+
+    /// The `identity` configuration, for the identity module.
+    pub fn identity_config(&self) -> &IdentityConfig {
+        &self.identity
+    }
+
+    /// `default_action`.
+    pub fn default_action(&self) -> DefaultAction {
+        self.default_action
+    }
+
+    /// `upstream` credentials, if configured.
+    pub fn upstream(&self) -> Option<&UpstreamCredentials> {
+        self.upstream.as_ref()
+    }
+
+    /// `trusted_proxy` seed source, if configured.
+    pub fn trusted_proxy(&self) -> Option<&TrustedProxySeed> {
+        self.trusted_proxy.as_ref()
+    }
+
+    /// `limits`.
+    pub fn limits(&self) -> LimitsConfig {
+        self.limits
+    }
+
+    /// `strip_connect_urls`.
+    pub fn strip_connect_urls(&self) -> bool {
+        self.strip_connect_urls
+    }
+
+    /// Names of the configured rules, in order.
+    pub fn rule_names(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().map(|rule| rule.name.as_str())
+    }
+}
+
+type DirectionUnion = (Option<PatternTrie>, Option<PatternTrie>, Vec<Box<[u8]>>);
+
+/// Unites one direction over several rules: unrestricted if any rule is, otherwise all allow
+/// entries; all deny entries. An allow entry whose template cannot be expanded is dropped (so a
+/// list can end up empty: nothing allowed); a deny entry widens instead (see `Template`).
+fn union_direction<'a>(
+    directions: impl Iterator<Item = &'a DirectionRules> + Clone,
+    identity: &dyn IdentityFacts,
+) -> DirectionUnion {
+    let unrestricted = directions
+        .clone()
+        .any(|direction| direction.allow.is_none());
+    let allow = (!unrestricted).then(|| {
+        let mut trie = PatternTrie::default();
+        for entry in directions
+            .clone()
+            .flat_map(|direction| direction.allow.iter().flatten())
+        {
+            let subject = entry.subject.expand(identity);
+            let queue = entry.queue.as_ref().map(|queue| queue.expand(identity));
+            if let (Some(subject), Some(queue)) =
+                (subject, queue.map_or(Some(None), |queue| queue.map(Some)))
+            {
+                trie.insert(subject.as_bytes(), queue.as_deref().map(str::as_bytes));
+            }
+        }
+        trie
+    });
+    let mut deny = PatternTrie::default();
+    let mut deny_subjects = Vec::new();
+    for entry in directions.flat_map(|direction| &direction.deny) {
+        let subject = entry.subject.expand_for_deny(identity, false);
+        let queue = entry
+            .queue
+            .as_ref()
+            .map(|queue| queue.expand_for_deny(identity, true));
+        deny.insert(subject.as_bytes(), queue.as_deref().map(str::as_bytes));
+        deny_subjects.push(subject.into_bytes().into_boxed_slice());
+    }
+    let deny = (deny.len() > 0).then_some(deny);
+    (allow, deny, deny_subjects)
+}
+
+fn compile_from(from: &FromConfig, path: &str) -> Result<FromClause, ConfigError> {
+    let string_matches = |values: &Option<Vec<String>>,
+                          key: &str|
+     -> Result<Option<Vec<StringMatch>>, ConfigError> {
+        let Some(values) = values else {
+            return Ok(None);
+        };
+        if values.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.{key}"),
+                "must not be empty (omit the key to match any value)",
+            ));
+        }
+        values
+            .iter()
+            .enumerate()
+            .map(|(index, value)| {
+                StringMatch::parse(value)
+                    .map_err(|reason| ConfigError::new(format!("{path}.{key}[{index}]"), reason))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    };
+    let mut claims = Vec::new();
+    if let Some(configured) = &from.claims {
+        if configured.is_empty() {
+            return Err(ConfigError::new(
+                format!("{path}.claims"),
+                "must not be empty (omit the key to match any claims)",
+            ));
+        }
+        for (name, accepted) in configured {
+            let claim_path = format!("{path}.claims.{name}");
+            if name.is_empty() || name.split('.').any(str::is_empty) {
+                return Err(ConfigError::new(
+                    claim_path,
+                    "claim name must be a name or a dot path without empty segments",
+                ));
+            }
+            if accepted.is_empty() {
+                return Err(ConfigError::new(
+                    claim_path,
+                    "must list at least one accepted value",
+                ));
+            }
+            if let Some(index) = accepted.iter().position(String::is_empty) {
+                return Err(ConfigError::new(
+                    format!("{claim_path}[{index}]"),
+                    "must not be empty",
+                ));
+            }
+            claims.push(ClaimCondition {
+                path: name.clone(),
+                accepted: accepted.clone(),
+            });
+        }
+    }
+    Ok(FromClause {
+        principals: string_matches(&from.principals, "principals")?,
+        namespaces: string_matches(&from.namespaces, "namespaces")?,
+        request_principals: string_matches(&from.request_principals, "request_principals")?,
+        claims,
+    })
+}
+
+fn compile_direction(
+    permission: Option<&SubjectPermissionConfig>,
+    path: &str,
+    queues_allowed: bool,
+) -> Result<DirectionRules, ConfigError> {
+    let Some(permission) = permission else {
+        return Ok(DirectionRules::default());
+    };
+    let entry_path = |list: &str, index: usize| match permission.form {
+        PermissionForm::Object => format!("{path}.{list}[{index}]"),
+        PermissionForm::List => format!("{path}[{index}]"),
+        PermissionForm::Single => path.to_owned(),
+    };
+    let compile_list = |list: &str, entries: &[String]| -> Result<Vec<Entry>, ConfigError> {
+        entries
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                compile_entry(text, queues_allowed)
+                    .map_err(|reason| ConfigError::new(entry_path(list, index), reason))
+            })
+            .collect()
+    };
+    let allow = compile_list("allow", &permission.allow)?;
+    let deny = compile_list("deny", &permission.deny)?;
+    // nats-server: an empty allow list means no list, i.e. unrestricted.
+    let allow = (!allow.is_empty()).then_some(allow);
+    Ok(DirectionRules { allow, deny })
+}
+
+/// Parses `"subject"` or (subscribe only) `"subject queue"`, templates included.
+fn compile_entry(text: &str, queues_allowed: bool) -> Result<Entry, String> {
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    let (subject, queue) = match fields.as_slice() {
+        [subject] => (*subject, None),
+        [subject, queue] if queues_allowed => (*subject, Some(*queue)),
+        [_, _] => return Err(format!("{text:?}: publish entries take no queue group")),
+        [] => return Err("must not be empty".to_owned()),
+        _ => {
+            return Err(format!(
+                "{text:?}: expected \"subject\" or \"subject queue\""
+            ))
+        }
+    };
+    let parse = |part: &str, what: &str| -> Result<Template, String> {
+        let template = Template::parse(part)?;
+        if !is_valid_subject(&template.validation_form()) {
+            return Err(format!("invalid {what} {part:?}"));
+        }
+        Ok(template)
+    };
+    let subject = parse(subject, "subject")?;
+    let queue = queue.map(|queue| parse(queue, "queue group")).transpose()?;
+    Ok(Entry { subject, queue })
+}
+
+fn compile_responses(
+    responses: &AllowResponsesConfig,
+    path: &str,
+) -> Result<Option<ResponsePermission>, ConfigError> {
+    let (max, expires) = match responses {
+        AllowResponsesConfig::Enabled(false) => return Ok(None),
+        AllowResponsesConfig::Enabled(true) => (None, None),
+        AllowResponsesConfig::Limits { max, expires } => (*max, expires.as_deref()),
+    };
+    let max_msgs = match max.unwrap_or(0) {
+        0 => DEFAULT_RESPONSE_MAX_MSGS,
+        max => max,
+    };
+    let expires_nanos = match expires.map(parse_go_duration).transpose() {
+        Ok(None | Some(0)) => DEFAULT_RESPONSE_EXPIRES_NANOS,
+        Ok(Some(nanos)) => nanos,
+        Err(reason) => return Err(ConfigError::new(format!("{path}.expires"), reason)),
+    };
+    Ok(Some(ResponsePermission {
+        max_msgs,
+        expires_nanos,
+    }))
+}
+
+fn compile_upstream(upstream: &UpstreamConfig) -> Result<UpstreamCredentials, ConfigError> {
+    let non_empty = |value: &Option<String>, key: &str| -> Result<Option<String>, ConfigError> {
+        match value {
+            Some(text) if text.is_empty() => Err(ConfigError::new(
+                format!("upstream.{key}"),
+                "must not be empty",
+            )),
+            other => Ok(other.clone()),
+        }
+    };
+    let user = non_empty(&upstream.user, "user")?;
+    let pass = non_empty(&upstream.pass, "pass")?;
+    let token = non_empty(&upstream.auth_token, "auth_token")?;
+    match (user, pass, token) {
+        (Some(user), Some(pass), None) => Ok(UpstreamCredentials::UserPassword { user, pass }),
+        (None, None, Some(token)) => Ok(UpstreamCredentials::Token(token)),
+        _ => Err(ConfigError::new(
+            "upstream",
+            "expected either \"user\" and \"pass\", or \"auth_token\" alone",
+        )),
+    }
+}
+
+fn compile_trusted_proxy(proxy: &TrustedProxyConfig) -> Result<TrustedProxySeed, ConfigError> {
+    match (&proxy.seed, &proxy.seed_env) {
+        (Some(seed), None) => ProxySigner::from_seed(seed)
+            .map(|_| TrustedProxySeed::Seed(seed.clone()))
+            .map_err(|error| {
+                ConfigError::new("trusted_proxy.seed", format!("invalid nkey seed: {error}"))
+            }),
+        (None, Some(name)) => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+                && !name.as_bytes()[0].is_ascii_digit();
+            if valid {
+                Ok(TrustedProxySeed::Env(name.clone()))
+            } else {
+                Err(ConfigError::new(
+                    "trusted_proxy.seed_env",
+                    format!("{name:?} is not an environment variable name"),
+                ))
+            }
+        }
+        _ => Err(ConfigError::new(
+            "trusted_proxy",
+            "expected either \"seed\" or \"seed_env\"",
+        )),
+    }
+}
+
+fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {
+    if limits.max_connect_line == 0 || limits.max_connect_line > MAX_CONNECT_LINE_LIMIT {
+        return Err(ConfigError::new(
+            "limits.max_connect_line",
+            format!("must be between 1 and {MAX_CONNECT_LINE_LIMIT}"),
+        ));
+    }
+    if limits.decision_cache_entries > MAX_DECISION_CACHE_ENTRIES {
+        return Err(ConfigError::new(
+            "limits.decision_cache_entries",
+            format!("must be at most {MAX_DECISION_CACHE_ENTRIES}"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! natsguard's JSON configuration (the user-facing contract): serde types with
+//! `deny_unknown_fields`, and [`ConfigError`], which names the JSON path of every problem.
+//! Semantic validation happens when the configuration is compiled (`compile.rs`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use crate::identity::IdentityConfig;
+
+/// A configuration error: the JSON path (`rules[3].permissions.publish.allow[1]`) and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending value; `$` is the document itself.
+    pub path: String,
+    /// Human-readable reason.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The whole configuration document.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How connections prove who they are (owned by the identity module).
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// What a connection matching no rule gets.
+    #[serde(default)]
+    pub default_action: DefaultAction,
+    /// Permission rules; a connection gets the union of the rules it matches.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// Credentials natsguard puts into the CONNECT it forwards.
+    #[serde(default)]
+    pub upstream: Option<UpstreamConfig>,
+    /// nkey seed with which natsguard signs the server nonce (`proxy_sig`).
+    #[serde(default)]
+    pub trusted_proxy: Option<TrustedProxyConfig>,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Remove `connect_urls`/`ws_connect_urls` from every INFO (default true).
+    #[serde(default = "default_true")]
+    pub strip_connect_urls: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Parses the JSON document; unknown fields and wrong types are errors naming their path.
+    pub fn from_json(json: &str) -> Result<Config, ConfigError> {
+        let mut deserializer = serde_json::Deserializer::from_str(json);
+        let config: Config =
+            serde_path_to_error::deserialize(&mut deserializer).map_err(|error| {
+                let path = error.path().to_string();
+                let path = if path == "." { "$".to_owned() } else { path };
+                ConfigError::new(path, error.into_inner().to_string())
+            })?;
+        deserializer
+            .end()
+            .map_err(|error| ConfigError::new("$", error.to_string()))?;
+        Ok(config)
+    }
+}
+
+/// `default_action`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum DefaultAction {
+    /// No matching rule: the connection is refused at CONNECT (Authorization Violation).
+    #[default]
+    Deny,
+    /// No matching rule: the connection is unrestricted.
+    Allow,
+}
+
+/// One entry of `rules`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// Unique name, reported in logs.
+    pub name: String,
+    /// Which connections the rule applies to; absent: every authenticated connection.
+    #[serde(default)]
+    pub from: Option<FromConfig>,
+    /// nats-server's permissions block.
+    #[serde(default)]
+    pub permissions: PermissionsConfig,
+}
+
+/// `rules[].from`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FromConfig {
+    /// SPIFFE IDs without `spiffe://` (Istio string matches).
+    #[serde(default)]
+    pub principals: Option<Vec<String>>,
+    /// Namespaces from `/ns/<ns>/sa/<sa>` SPIFFE paths.
+    #[serde(default)]
+    pub namespaces: Option<Vec<String>>,
+    /// Claim name (or dot path) → accepted values.
+    #[serde(default)]
+    pub claims: Option<BTreeMap<String, Vec<String>>>,
+    /// `iss/sub` of the verified JWT.
+    #[serde(default)]
+    pub request_principals: Option<Vec<String>>,
+}
+
+/// `rules[].permissions`: nats-server's permissions block.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PermissionsConfig {
+    /// Publish permissions; absent: unrestricted.
+    #[serde(default)]
+    pub publish: Option<SubjectPermissionConfig>,
+    /// Subscribe permissions; absent: unrestricted.
+    #[serde(default)]
+    pub subscribe: Option<SubjectPermissionConfig>,
+    /// Dynamic publish permission on reply subjects of delivered messages.
+    #[serde(default)]
+    pub allow_responses: Option<AllowResponsesConfig>,
+}
+
+/// How a subject permission was written; it decides the JSON path of its entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PermissionForm {
+    /// `{"allow": [...], "deny": [...]}`.
+    #[default]
+    Object,
+    /// `["a", "b"]`: an allow list.
+    List,
+    /// `"a"`: a one-entry allow list.
+    Single,
+}
+
+/// `publish` / `subscribe`: an object with `allow`/`deny`, or nats-server's shorthand (a subject
+/// or a list of subjects, meaning `allow`).
+#[derive(Clone, Debug, Default)]
+pub struct SubjectPermissionConfig {
+    /// Allowed subjects (subscribe: `"subject"` or `"subject queue"`); empty: unrestricted.
+    pub allow: Vec<String>,
+    /// Denied subjects; deny wins over allow.
+    pub deny: Vec<String>,
+    /// The form it was written in.
+    pub form: PermissionForm,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowDenyObject {
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for SubjectPermissionConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PermissionVisitor;
+        impl<'de> Visitor<'de> for PermissionVisitor {
+            type Value = SubjectPermissionConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a subject, a list of subjects, or an object with \"allow\"/\"deny\"")
+            }
+            fn visit_str<E: de::Error>(self, subject: &str) -> Result<Self::Value, E> {
+                Ok(SubjectPermissionConfig {
+                    allow: vec![subject.to_owned()],
+                    deny: Vec::new(),
+                    form: PermissionForm::Single,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                let allow = Vec::<String>::deserialize(SeqAccessDeserializer::new(seq))?;
+                Ok(SubjectPermissionConfig {
+                    allow,
+                    deny: Vec::new(),
+                    form: PermissionForm::List,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let object = AllowDenyObject::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(SubjectPermissionConfig {
+                    allow: object.allow,
+                    deny: object.deny,
+                    form: PermissionForm::Object,
+                })
+            }
+        }
+        deserializer.deserialize_any(PermissionVisitor)
+    }
+}
+
+/// `allow_responses`: `true`/`false`, or `{ "max": N, "expires": "dur" }`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowResponsesConfig {
+    /// `true` (nats-server defaults: max 1, expires 2m) or `false` (off).
+    Enabled(bool),
+    /// Explicit limits; 0 or absent means the default, negative means unlimited.
+    Limits {
+        /// Responses allowed per reply subject.
+        max: Option<i64>,
+        /// Go duration after which the reply subject is no longer publishable.
+        expires: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseLimitsObject {
+    #[serde(default)]
+    max: Option<i64>,
+    #[serde(default)]
+    expires: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for AllowResponsesConfig {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ResponsesVisitor;
+        impl<'de> Visitor<'de> for ResponsesVisitor {
+            type Value = AllowResponsesConfig;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("true, false, or an object with \"max\"/\"expires\"")
+            }
+            fn visit_bool<E: de::Error>(self, enabled: bool) -> Result<Self::Value, E> {
+                Ok(AllowResponsesConfig::Enabled(enabled))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                let limits = ResponseLimitsObject::deserialize(MapAccessDeserializer::new(map))?;
+                Ok(AllowResponsesConfig::Limits {
+                    max: limits.max,
+                    expires: limits.expires,
+                })
+            }
+        }
+        deserializer.deserialize_any(ResponsesVisitor)
+    }
+}
+
+/// `upstream`: `{"user", "pass"}` or `{"auth_token"}`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// CONNECT `user`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// CONNECT `pass`.
+    #[serde(default)]
+    pub pass: Option<String>,
+    /// CONNECT `auth_token`.
+    #[serde(default)]
+    pub auth_token: Option<String>,
+}
+
+/// Secrets stay out of logs.
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("user", &self.user)
+            .field("pass", &self.pass.as_ref().map(|_| "<redacted>"))
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// `trusted_proxy`: `{"seed"}` or `{"seed_env"}`.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedProxyConfig {
+    /// The nkey seed itself.
+    #[serde(default)]
+    pub seed: Option<String>,
+    /// Name of the environment variable the filter reads the seed from at start.
+    #[serde(default)]
+    pub seed_env: Option<String>,
+}
+
+/// Secrets stay out of logs.
+impl fmt::Debug for TrustedProxyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustedProxyConfig")
+            .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
+            .field("seed_env", &self.seed_env)
+            .finish()
+    }
+}
+
+/// Default `limits.max_connect_line`.
+pub const DEFAULT_MAX_CONNECT_LINE: u32 = 65_536;
+/// Default `limits.decision_cache_entries`.
+pub const DEFAULT_DECISION_CACHE_ENTRIES: u32 = 1_024;
+
+/// `limits`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Longest CONNECT control line accepted from a client, in bytes.
+    pub max_connect_line: u32,
+    /// Per-connection decision cache slots (0 disables the cache).
+    pub decision_cache_entries: u32,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> LimitsConfig {
+        LimitsConfig {
+            max_connect_line: DEFAULT_MAX_CONNECT_LINE,
+            decision_cache_entries: DEFAULT_DECISION_CACHE_ENTRIES,
+        }
+    }
+}

@@ -1,0 +1,404 @@
+//! One connection's permissions and the state nats-server keeps with them (server/client.go):
+//! the delivery-time deny filter, the allow_responses reply table and a decision cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::cache::{DecisionCache, DecisionKind};
+use super::subject::{has_wildcard, is_subset_match, subjects_collide, tokens};
+use super::trie::{MatchMode, PatternTrie, Terminal};
+
+/// nats-server refuses this queue group name to clients (server/client.go, `sysGroup`).
+const SYSTEM_QUEUE_GROUP: &[u8] = b"_sys_";
+/// Publish subjects reserved by nats-server for clients: gateway-routed replies (always) and
+/// Raft traffic (outside the system account).
+const RESERVED_PUBLISH_PREFIXES: [&[u8]; 2] = [b"_GR_.", b"$NRG."];
+/// Reply subjects a client may not set (server/client.go, func isReservedReply).
+const RESERVED_REPLY_PREFIXES: [&[u8]; 3] = [b"_R_.", b"$JS.ACK.", b"_GR_."];
+/// Bounds of the allow_responses reply table per connection. When full (after pruning expired
+/// and used-up entries) a new reply subject is not recorded: replying to it is denied.
+pub const MAX_TRACKED_REPLIES: usize = 4_096;
+/// Total bytes of tracked reply subjects per connection (same fail-closed behaviour).
+pub const MAX_TRACKED_REPLY_BYTES: usize = 256 * 1024;
+
+/// `allow_responses` after nats-server's defaults: max messages per reply subject and the
+/// time a reply subject stays publishable; a negative value is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponsePermission {
+    /// Responses allowed per reply subject (negative: unlimited).
+    pub max_msgs: i64,
+    /// Lifetime of a tracked reply subject in nanoseconds (negative: unlimited).
+    pub expires_nanos: i64,
+}
+
+impl ResponsePermission {
+    /// The union of two rules' response permissions: the larger limits (negative = unlimited).
+    pub(crate) fn most_permissive(self, other: ResponsePermission) -> ResponsePermission {
+        let wider = |a: i64, b: i64| if a < 0 || b < 0 { -1 } else { a.max(b) };
+        ResponsePermission {
+            max_msgs: wider(self.max_msgs, other.max_msgs),
+            expires_nanos: wider(self.expires_nanos, other.expires_nanos),
+        }
+    }
+}
+
+/// The resolved permission set of one identity: immutable, shared between connections whose
+/// identities match the same template-free rules.
+#[derive(Debug)]
+pub(crate) struct EffectivePermissions {
+    pub(crate) matched_rules: Vec<String>,
+    pub(crate) publish_allow: Option<PatternTrie>,
+    pub(crate) publish_deny: Option<PatternTrie>,
+    pub(crate) subscribe_allow: Option<PatternTrie>,
+    pub(crate) subscribe_deny: Option<PatternTrie>,
+    /// Subjects of the subscribe deny entries: a SUB colliding with one arms the delivery filter.
+    pub(crate) subscribe_deny_subjects: Vec<Box<[u8]>>,
+    pub(crate) responses: Option<ResponsePermission>,
+    pub(crate) decision_cache_entries: usize,
+}
+
+impl EffectivePermissions {
+    pub(crate) fn unrestricted(
+        matched_rules: Vec<String>,
+        decision_cache_entries: usize,
+    ) -> EffectivePermissions {
+        EffectivePermissions {
+            matched_rules,
+            publish_allow: None,
+            publish_deny: None,
+            subscribe_allow: None,
+            subscribe_deny: None,
+            subscribe_deny_subjects: Vec::new(),
+            responses: None,
+            decision_cache_entries,
+        }
+    }
+}
+
+/// The verdict on a SUB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SubscribeDecision {
+    /// Forward the SUB.
+    Allowed,
+    /// Answer `Permissions Violation for Subscription to ...` and drop the SUB.
+    Denied,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ReplyGrant {
+    recorded_at: Duration,
+    uses: i64,
+}
+
+/// Reply subjects the connection may publish to under allow_responses.
+#[derive(Debug, Default)]
+struct ReplyGrants {
+    grants: BTreeMap<Box<[u8]>, ReplyGrant>,
+    bytes: usize,
+}
+
+impl ReplyGrants {
+    fn remove(&mut self, reply: &[u8]) {
+        if self.grants.remove(reply).is_some() {
+            self.bytes -= reply.len();
+        }
+    }
+
+    /// nats-server's `responseAllowed`: counts one use; an over-used or expired grant is
+    /// removed and refused.
+    fn use_grant(&mut self, reply: &[u8], now: Duration, limits: ResponsePermission) -> bool {
+        let Some(grant) = self.grants.get_mut(reply) else {
+            return false;
+        };
+        grant.uses += 1;
+        let used_up = limits.max_msgs > 0 && grant.uses > limits.max_msgs;
+        let expired = is_expired(grant, now, limits);
+        if used_up || expired {
+            self.remove(reply);
+            return false;
+        }
+        true
+    }
+
+    fn record(&mut self, reply: &[u8], now: Duration, limits: ResponsePermission) {
+        let full = |grants: &ReplyGrants| {
+            grants.grants.len() >= MAX_TRACKED_REPLIES
+                || grants.bytes + reply.len() > MAX_TRACKED_REPLY_BYTES
+        };
+        if full(self) {
+            self.prune(now, limits);
+            if full(self) {
+                return;
+            }
+        }
+        if self
+            .grants
+            .insert(
+                reply.into(),
+                ReplyGrant {
+                    recorded_at: now,
+                    uses: 0,
+                },
+            )
+            .is_none()
+        {
+            self.bytes += reply.len();
+        }
+    }
+
+    /// nats-server's `pruneReplyPerms`: drops used-up and expired grants.
+    fn prune(&mut self, now: Duration, limits: ResponsePermission) {
+        let before = self.grants.len();
+        self.grants.retain(|_, grant| {
+            let used_up = limits.max_msgs > 0 && grant.uses >= limits.max_msgs;
+            !used_up && !is_expired(grant, now, limits)
+        });
+        if self.grants.len() != before {
+            self.bytes = self.grants.keys().map(|reply| reply.len()).sum();
+        }
+    }
+}
+
+fn is_expired(grant: &ReplyGrant, now: Duration, limits: ResponsePermission) -> bool {
+    let Ok(expires) = u64::try_from(limits.expires_nanos) else {
+        return false;
+    };
+    expires > 0 && now.saturating_sub(grant.recorded_at) > Duration::from_nanos(expires)
+}
+
+/// True when a client may not use `reply` as the reply subject of a PUB (nats-server answers
+/// `Permissions Violation for Publish with Reply of "<reply>"`).
+pub fn is_reserved_reply(reply: &[u8]) -> bool {
+    RESERVED_REPLY_PREFIXES
+        .iter()
+        .any(|prefix| reply.len() > prefix.len() && reply.starts_with(prefix))
+        // nats-server's `isServiceReply` accepts `_R_.` itself (length > 3).
+        || reply == b"_R_."
+}
+
+/// The permissions of one connection, owned by it: decisions plus the per-connection state
+/// nats-server keeps (delivery filter, reply grants, decision cache). Time is an input:
+/// `now` is a monotonic instant measured from any fixed origin.
+#[derive(Debug)]
+pub struct ConnectionPermissions {
+    effective: Arc<EffectivePermissions>,
+    delivery_filter_armed: bool,
+    cache: DecisionCache,
+    replies: ReplyGrants,
+}
+
+impl ConnectionPermissions {
+    pub(crate) fn new(effective: Arc<EffectivePermissions>) -> ConnectionPermissions {
+        let cache = DecisionCache::new(effective.decision_cache_entries);
+        ConnectionPermissions {
+            effective,
+            delivery_filter_armed: false,
+            cache,
+            replies: ReplyGrants::default(),
+        }
+    }
+
+    /// Names of the rules that matched the identity (empty under `default_action: allow`).
+    pub fn matched_rules(&self) -> &[String] {
+        &self.effective.matched_rules
+    }
+
+    /// Whether the delivery-time deny filter is active (see [`Self::should_deliver`]).
+    pub fn delivery_filter_armed(&self) -> bool {
+        self.delivery_filter_armed
+    }
+
+    /// The SUB check of nats-server (server/client.go, funcs processSubEx, canSubscribe): allow
+    /// list with the queue-entry override, deny list, `_sys_`. An allowed wildcard or queue SUB
+    /// that could overlap a deny entry arms the delivery filter.
+    pub fn check_subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>) -> SubscribeDecision {
+        let queue = queue.filter(|queue| !queue.is_empty());
+        if !self.can_subscribe(subject, queue) {
+            return SubscribeDecision::Denied;
+        }
+        self.arm_delivery_filter_if_needed(subject, queue.is_some());
+        if queue == Some(SYSTEM_QUEUE_GROUP) {
+            return SubscribeDecision::Denied;
+        }
+        SubscribeDecision::Allowed
+    }
+
+    fn can_subscribe(&self, subject: &[u8], queue: Option<&[u8]>) -> bool {
+        let effective = &self.effective;
+        if let Some(allow) = &effective.subscribe_allow {
+            let (mut plain, mut queue_entries, mut queue_allowed) = (false, false, false);
+            allow.find_match(subject, MatchMode::Strict, &mut |terminal| {
+                plain |= terminal.plain;
+                if let Some(queue) = queue {
+                    if !terminal.queues.is_empty() {
+                        queue_entries = true;
+                        queue_allowed |= terminal_has_queue(terminal, queue);
+                    }
+                }
+                false
+            });
+            // A matching queue entry replaces the plain allow for queue subscribers.
+            let allowed = if queue_entries { queue_allowed } else { plain };
+            if !allowed {
+                return false;
+            }
+        }
+        match &effective.subscribe_deny {
+            Some(deny) => !deny_matches(deny, subject, queue),
+            None => true,
+        }
+    }
+
+    fn arm_delivery_filter_if_needed(&mut self, subject: &[u8], has_queue: bool) {
+        if self.delivery_filter_armed || !(has_queue || has_wildcard(subject)) {
+            return;
+        }
+        self.delivery_filter_armed = self
+            .effective
+            .subscribe_deny_subjects
+            .iter()
+            .any(|denied| subjects_collide(denied, subject));
+    }
+
+    /// The delivery-time deny filter (nats-server's checkDenySub): once armed, every message
+    /// delivered to this connection is dropped when its subject matches a plain subscribe deny
+    /// entry, or a queue deny entry of the subscription's queue group.
+    pub fn should_deliver(&mut self, msg_subject: &[u8], sub_queue: Option<&[u8]>) -> bool {
+        if !self.delivery_filter_armed {
+            return true;
+        }
+        let Some(deny) = &self.effective.subscribe_deny else {
+            return true;
+        };
+        let queue = sub_queue.filter(|queue| !queue.is_empty());
+        if let Some(cached) = self.cache.get(DecisionKind::Deliver, msg_subject, queue) {
+            return cached == 1;
+        }
+        let allowed = !deny_matches(deny, msg_subject, queue);
+        self.cache
+            .insert(DecisionKind::Deliver, msg_subject, queue, u8::from(allowed));
+        allowed
+    }
+
+    /// The PUB subject check (server/client.go, funcs processInboundClientMsg,
+    /// pubAllowedFullCheck): reserved prefixes, allow, deny, then allow_responses grants.
+    /// The reply subject is checked separately with [`is_reserved_reply`].
+    pub fn check_publish(&mut self, subject: &[u8], now: Duration) -> bool {
+        if RESERVED_PUBLISH_PREFIXES
+            .iter()
+            .any(|prefix| subject.len() > prefix.len() && subject.starts_with(prefix))
+        {
+            return false;
+        }
+        match self.static_publish_decision(subject) {
+            PublishVerdict::Allowed => true,
+            PublishVerdict::Denied => false,
+            PublishVerdict::NotAllowed => match self.effective.responses {
+                Some(limits) => self.replies.use_grant(subject, now, limits),
+                None => false,
+            },
+        }
+    }
+
+    /// Records the reply subject of a message delivered to this connection (call it after
+    /// [`Self::should_deliver`] let the message through): under allow_responses it becomes
+    /// publishable `max` times until `expires`.
+    pub fn record_delivered_reply(&mut self, reply: &[u8], now: Duration) {
+        let Some(limits) = self.effective.responses else {
+            return;
+        };
+        if reply.is_empty() {
+            return;
+        }
+        match self.static_publish_decision(reply) {
+            PublishVerdict::Allowed | PublishVerdict::Denied => {}
+            // nats-server checks the reply with its full publish check first, which consumes
+            // one use of a live grant instead of renewing it.
+            PublishVerdict::NotAllowed => {
+                if !self.replies.use_grant(reply, now, limits) {
+                    self.replies.record(reply, now, limits);
+                }
+            }
+        }
+    }
+
+    fn static_publish_decision(&mut self, subject: &[u8]) -> PublishVerdict {
+        let effective = &self.effective;
+        if effective.publish_allow.is_none() && effective.publish_deny.is_none() {
+            return PublishVerdict::Allowed;
+        }
+        if let Some(cached) = self.cache.get(DecisionKind::Publish, subject, None) {
+            return PublishVerdict::from_cached(cached);
+        }
+        let allowed = effective
+            .publish_allow
+            .as_ref()
+            .is_none_or(|allow| allow.matches_plain(subject, MatchMode::Strict));
+        let denied = effective
+            .publish_deny
+            .as_ref()
+            .is_some_and(|deny| deny.matches_plain(subject, MatchMode::NatsServer));
+        // Deny wins, also over allow_responses grants (nats-server lets a grant override a
+        // deny entry; natsguard does not).
+        let verdict = match (allowed, denied) {
+            (_, true) => PublishVerdict::Denied,
+            (true, false) => PublishVerdict::Allowed,
+            (false, false) => PublishVerdict::NotAllowed,
+        };
+        self.cache
+            .insert(DecisionKind::Publish, subject, None, verdict.to_cached());
+        verdict
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PublishVerdict {
+    Allowed,
+    /// Not on the allow list: an allow_responses grant may still permit it.
+    NotAllowed,
+    /// On the deny list.
+    Denied,
+}
+
+impl PublishVerdict {
+    fn to_cached(self) -> u8 {
+        self as u8
+    }
+
+    fn from_cached(value: u8) -> PublishVerdict {
+        match value {
+            0 => PublishVerdict::Allowed,
+            1 => PublishVerdict::NotAllowed,
+            _ => PublishVerdict::Denied,
+        }
+    }
+}
+
+fn terminal_has_queue(terminal: &Terminal, queue: &[u8]) -> bool {
+    terminal
+        .queues
+        .iter()
+        .any(|entry| queue_matches(queue, entry))
+}
+
+/// nats-server's `queueMatches` for one entry: the same name, or a wildcard entry that the
+/// queue name is a subset of.
+fn queue_matches(queue: &[u8], entry: &[u8]) -> bool {
+    if queue == entry {
+        return true;
+    }
+    if !has_wildcard(entry) {
+        return false;
+    }
+    let queue_tokens: Vec<&[u8]> = tokens(queue).collect();
+    let entry_tokens: Vec<&[u8]> = tokens(entry).collect();
+    is_subset_match(&queue_tokens, &entry_tokens)
+}
+
+/// A plain deny entry matches, or a queue deny entry of this queue group does.
+fn deny_matches(deny: &PatternTrie, subject: &[u8], queue: Option<&[u8]>) -> bool {
+    deny.find_match(subject, MatchMode::NatsServer, &mut |terminal| {
+        terminal.plain || queue.is_some_and(|queue| terminal_has_queue(terminal, queue))
+    })
+}

@@ -1,0 +1,38 @@
+//! The policy engine: natsguard's JSON configuration contract, compiled into rules that decide,
+//! for one connection, what it may publish and subscribe, with nats-server's semantics
+//! (server/sublist.go, server/client.go, server/auth.go) except where natsguard is deliberately
+//! stricter (docs/policy.md lists those differences).
+//!
+//! Flow: [`load`] validates and compiles the configuration once (fail closed: any error rejects
+//! it as a whole); [`Policy::resolve`] turns a connection's identity into its
+//! [`ConnectionPermissions`] once, at CONNECT; the connection then asks it about every SUB, PUB
+//! and delivered message.
+
+mod cache;
+mod compile;
+mod config;
+mod connection;
+mod duration;
+mod identity_facts;
+mod rules;
+mod subject;
+mod template;
+mod trie;
+
+pub use compile::{LoadedPolicy, NoMatchingRule, Policy, TrustedProxySeed, UpstreamCredentials};
+pub use config::{
+    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig,
+    PermissionForm, PermissionsConfig, RuleConfig, SubjectPermissionConfig, TrustedProxyConfig,
+    UpstreamConfig, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
+};
+pub use connection::{
+    is_reserved_reply, ConnectionPermissions, ResponsePermission, SubscribeDecision,
+    MAX_TRACKED_REPLIES, MAX_TRACKED_REPLY_BYTES,
+};
+pub use identity_facts::IdentityFacts;
+pub use subject::is_valid_subject;
+
+/// Parses, validates and compiles natsguard's JSON configuration.
+pub fn load(json: &str) -> Result<LoadedPolicy, ConfigError> {
+    Policy::from_json(json)
+}

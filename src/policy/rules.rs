@@ -1,0 +1,116 @@
+//! Which rules apply to a connection: Istio AuthorizationPolicy-style string matching on the
+//! SPIFFE principal, namespace and JWT request principal, plus JWT claim matching.
+
+use serde_json::Value;
+
+use super::identity_facts::IdentityFacts;
+
+/// An Istio string match: exact, `prefix*`, `*suffix`, or `*` (any non-empty value).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum StringMatch {
+    Exact(String),
+    Prefix(String),
+    Suffix(String),
+    Presence,
+}
+
+impl StringMatch {
+    pub(crate) fn parse(pattern: &str) -> Result<StringMatch, String> {
+        if pattern.is_empty() {
+            return Err("must not be empty".to_owned());
+        }
+        if pattern == "*" {
+            return Ok(StringMatch::Presence);
+        }
+        let (kind, core): (fn(String) -> StringMatch, &str) =
+            if let Some(suffix) = pattern.strip_prefix('*') {
+                (StringMatch::Suffix, suffix)
+            } else if let Some(prefix) = pattern.strip_suffix('*') {
+                (StringMatch::Prefix, prefix)
+            } else {
+                (StringMatch::Exact, pattern)
+            };
+        if core.contains('*') {
+            return Err(format!(
+                "{pattern:?}: '*' is only allowed alone, at the start or at the end"
+            ));
+        }
+        Ok(kind(core.to_owned()))
+    }
+
+    pub(crate) fn matches(&self, candidate: &str) -> bool {
+        match self {
+            StringMatch::Exact(exact) => candidate == exact,
+            StringMatch::Prefix(prefix) => candidate.starts_with(prefix.as_str()),
+            StringMatch::Suffix(suffix) => candidate.ends_with(suffix.as_str()),
+            StringMatch::Presence => !candidate.is_empty(),
+        }
+    }
+}
+
+fn any_matches(patterns: &[StringMatch], candidate: Option<&str>) -> bool {
+    candidate.is_some_and(|candidate| patterns.iter().any(|pattern| pattern.matches(candidate)))
+}
+
+/// A claim condition: the claim (name or dot path) must hold one of the accepted values.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct ClaimCondition {
+    pub(crate) path: String,
+    pub(crate) accepted: Vec<String>,
+}
+
+impl ClaimCondition {
+    /// OAuth scope claims are one space-separated string.
+    fn is_space_separated(&self) -> bool {
+        matches!(self.path.rsplit('.').next(), Some("scp" | "scope"))
+    }
+
+    fn matches(&self, value: &Value) -> bool {
+        let accepted = |candidate: &str| self.accepted.iter().any(|value| value == candidate);
+        match value {
+            Value::String(text) if self.is_space_separated() => {
+                text.split_whitespace().any(accepted)
+            }
+            Value::String(text) => accepted(text),
+            Value::Array(items) => items.iter().filter_map(Value::as_str).any(accepted),
+            _ => false,
+        }
+    }
+}
+
+/// A rule's `from`: keys are ANDed, values within a key ORed. `None` keys are not checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FromClause {
+    pub(crate) principals: Option<Vec<StringMatch>>,
+    pub(crate) namespaces: Option<Vec<StringMatch>>,
+    pub(crate) request_principals: Option<Vec<StringMatch>>,
+    pub(crate) claims: Vec<ClaimCondition>,
+}
+
+impl FromClause {
+    pub(crate) fn matches(&self, identity: &dyn IdentityFacts) -> bool {
+        if let Some(principals) = &self.principals {
+            if !any_matches(principals, identity.spiffe_principal().as_deref()) {
+                return false;
+            }
+        }
+        if let Some(namespaces) = &self.namespaces {
+            if !any_matches(namespaces, identity.spiffe_namespace()) {
+                return false;
+            }
+        }
+        if let Some(request_principals) = &self.request_principals {
+            if !any_matches(
+                request_principals,
+                identity.jwt_request_principal().as_deref(),
+            ) {
+                return false;
+            }
+        }
+        self.claims.iter().all(|condition| {
+            identity
+                .jwt_claim(&condition.path)
+                .is_some_and(|value| condition.matches(value))
+        })
+    }
+}
