@@ -144,10 +144,13 @@ impl Policy {
 
     /// Validates and compiles a parsed configuration; any problem rejects it as a whole.
     pub fn compile(config: Config) -> Result<LoadedPolicy, ConfigError> {
-        config
-            .identity
-            .validate()
-            .map_err(|issue| ConfigError::new(format!("identity.{}", issue.path), issue.reason))?;
+        config.identity.validate().map_err(|issue| {
+            let path = match issue.path.as_str() {
+                "" => "identity".to_owned(),
+                relative => format!("identity.{relative}"),
+            };
+            ConfigError::new(path, issue.reason)
+        })?;
         let mut warnings = Vec::new();
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut names: HashSet<&str> = HashSet::new();
