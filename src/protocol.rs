@@ -1,1 +1,0 @@
-//! protocol (placeholder until its issue lands).

@@ -1,0 +1,257 @@
+//! Checks on a control line that do not depend on the op's arguments: the op name, what
+//! follows it, control bytes, stray `\r`, UTF-8 and the length limit.
+//!
+//! The same checks run on an unfinished line (whatever has arrived so far) and on the
+//! finished one. Each error has a position (the first byte that makes the line invalid)
+//! and the earliest one wins, so a line fails with the same error however TCP splits it.
+
+use super::error::ProtocolError;
+use super::op::{AfterName, OpName};
+use super::parser::Limits;
+use std::ops::Range;
+
+/// Spaces/tabs allowed between the op name and its argument. nats-server skips any number
+/// without buffering them; natsguard holds unfinished lines, so it bounds the run (a
+/// longer run is refused as an over-long control line).
+pub(crate) const MAX_SEPARATOR_RUN: usize = 64;
+
+/// Longest op name (`CONNECT`).
+const MAX_NAME_LEN: usize = 7;
+
+/// An unfinished line this long is over a limit whatever its op: longest name, longest
+/// separator run, the argument limit, and slack for a pending `\r` and partial UTF-8.
+pub(crate) fn max_held_line(limits: &Limits) -> usize {
+    limits.max_control_line.max(limits.max_connect_line) + MAX_NAME_LEN + MAX_SEPARATOR_RUN + 8
+}
+
+/// A finished line that passed every check.
+pub(crate) struct Head {
+    pub(crate) name: OpName,
+    /// The argument (after the name and its separators, before the terminator).
+    pub(crate) arg: Range<usize>,
+    /// No byte below 0x20 or above 0x7e besides the terminator's `\r`: no tab, pure ASCII.
+    pub(crate) plain: bool,
+}
+
+fn is_separator(byte: &u8) -> bool {
+    *byte == b' ' || *byte == b'\t'
+}
+
+enum Name {
+    Known(OpName),
+    Incomplete,
+    Invalid,
+}
+
+/// Matches the op name case-insensitively, byte by byte, like nats-server's state machine.
+fn read_name(line: &[u8]) -> Name {
+    let mut candidates: u16 = (1 << OpName::ALL.len()) - 1;
+    for (i, byte) in line.iter().enumerate() {
+        let upper = byte.to_ascii_uppercase();
+        let mut matching = 0;
+        for (k, name) in OpName::ALL.iter().enumerate() {
+            if candidates & (1 << k) != 0 && name.text().get(i) == Some(&upper) {
+                if name.text().len() == i + 1 {
+                    return Name::Known(*name);
+                }
+                matching |= 1 << k;
+            }
+        }
+        if matching == 0 {
+            return Name::Invalid;
+        }
+        candidates = matching;
+    }
+    Name::Incomplete
+}
+
+/// Checks `line` (without its `\n`). A finished line ends just before its `\n`, so a final
+/// `\r` is its terminator; on an unfinished line a final `\r` is still undecided.
+/// Returns `Ok(None)` for an unfinished line with no error so far.
+pub(crate) fn check(
+    line: &[u8],
+    finished: bool,
+    limits: &Limits,
+) -> Result<Option<Head>, ProtocolError> {
+    let name = match read_name(line) {
+        Name::Known(name) => name,
+        Name::Invalid => return Err(ProtocolError::UnknownOperation),
+        Name::Incomplete if finished => return Err(ProtocolError::UnknownOperation),
+        Name::Incomplete => return Ok(None),
+    };
+    let name_len = name.text().len();
+    let end = if line.len() > name_len && line.last() == Some(&b'\r') {
+        line.len() - 1
+    } else {
+        line.len()
+    };
+    let after = &line[name_len..end];
+
+    // Errors right after the name come before any other position.
+    match name.after_name() {
+        AfterName::LineEnd if !after.is_empty() => return Err(ProtocolError::TrailingJunk),
+        AfterName::Separator => match after.first() {
+            None if finished => return Err(ProtocolError::UnknownOperation),
+            Some(byte) if !is_separator(byte) => return Err(ProtocolError::UnknownOperation),
+            _ => {}
+        },
+        _ => {}
+    }
+
+    let separators = after.iter().take_while(|byte| is_separator(byte)).count();
+    let arg_start = name_len + separators;
+    let limit = match name {
+        OpName::Connect => limits.max_connect_line,
+        _ => limits.max_control_line,
+    };
+    let length_error = if separators > MAX_SEPARATOR_RUN {
+        Some(name_len + MAX_SEPARATOR_RUN)
+    } else if end - arg_start > limit {
+        Some(arg_start + limit)
+    } else {
+        None
+    };
+    let (content_error, plain) = match scan_content(after, finished) {
+        ContentScan::Plain => (None, true),
+        ContentScan::Special(None) => (None, false),
+        ContentScan::Special(Some((at, error))) => (Some((name_len + at, error)), false),
+    };
+    match (content_error, length_error) {
+        (Some((at, error)), Some(too_long)) if at <= too_long => return Err(error),
+        (Some((_, error)), None) => return Err(error),
+        (_, Some(_)) => return Err(ProtocolError::ControlLineTooLong),
+        (None, None) => {}
+    }
+    Ok(finished.then_some(Head {
+        name,
+        arg: arg_start..end,
+        plain,
+    }))
+}
+
+enum ContentScan {
+    /// Only printable ASCII, spaces and nothing else.
+    Plain,
+    /// Tabs, non-ASCII or control bytes: the first error, if any, with its position.
+    Special(Option<(usize, ProtocolError)>),
+}
+
+fn scan_content(content: &[u8], finished: bool) -> ContentScan {
+    let Some(first) = content.iter().position(|&b| !(0x20..0x7f).contains(&b)) else {
+        return ContentScan::Plain;
+    };
+    let rest = &content[first..];
+    let control = rest
+        .iter()
+        .position(|&b| (b < 0x20 && b != b'\t') || b == 0x7f)
+        .map(|at| {
+            let error = if rest[at] == b'\r' {
+                ProtocolError::StrayCarriageReturn
+            } else {
+                ProtocolError::ControlByte
+            };
+            (first + at, error)
+        });
+    let utf8 = match std::str::from_utf8(rest) {
+        Ok(_) => None,
+        // An unfinished line may end inside a character.
+        Err(e) if e.error_len().is_none() && !finished => None,
+        Err(e) => Some((first + e.valid_up_to(), ProtocolError::InvalidUtf8)),
+    };
+    let earliest = match (control, utf8) {
+        (Some(c), Some(u)) => Some(if c.0 <= u.0 { c } else { u }),
+        (c, u) => c.or(u),
+    };
+    ContentScan::Special(earliest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finished(line: &[u8]) -> Result<OpName, ProtocolError> {
+        check(line, true, &Limits::default()).map(|head| head.map(|h| h.name).unwrap())
+    }
+
+    #[test]
+    fn op_names_are_case_insensitive() {
+        assert_eq!(finished(b"pUb a 1"), Ok(OpName::Pub));
+        assert_eq!(finished(b"ping"), Ok(OpName::Ping));
+        assert_eq!(finished(b"+ok"), Ok(OpName::Ok));
+        assert_eq!(finished(b"Connect{}"), Ok(OpName::Connect));
+    }
+
+    #[test]
+    fn name_errors() {
+        use ProtocolError::*;
+        assert_eq!(finished(b" PUB a 1"), Err(UnknownOperation));
+        assert_eq!(finished(b""), Err(UnknownOperation));
+        assert_eq!(finished(b"\r"), Err(UnknownOperation));
+        assert_eq!(finished(b"PU"), Err(UnknownOperation));
+        assert_eq!(finished(b"PUBfoo 1"), Err(UnknownOperation));
+        assert_eq!(finished(b"UNSUB"), Err(UnknownOperation));
+        assert_eq!(finished(b"UNSUB\r"), Err(UnknownOperation));
+        assert_eq!(finished(b"PINGX"), Err(TrailingJunk));
+        assert_eq!(finished(b"PING \r"), Err(TrailingJunk));
+    }
+
+    #[test]
+    fn unfinished_lines_wait_or_fail_early() {
+        let limits = Limits::default();
+        assert!(matches!(check(b"PU", false, &limits), Ok(None)));
+        assert!(matches!(check(b"PING\r", false, &limits), Ok(None)));
+        assert!(matches!(check(b"PUB a\r", false, &limits), Ok(None)));
+        assert!(matches!(
+            check("PUB é".as_bytes()[..5].as_ref(), false, &limits),
+            Ok(None)
+        ));
+        assert_eq!(
+            check(b"XUB", false, &limits).err(),
+            Some(ProtocolError::UnknownOperation)
+        );
+        assert_eq!(
+            check(b"PUB a\rb", false, &limits).err(),
+            Some(ProtocolError::StrayCarriageReturn)
+        );
+    }
+
+    #[test]
+    fn length_is_measured_on_the_argument() {
+        let limits = Limits {
+            max_control_line: 8,
+            ..Limits::default()
+        };
+        assert!(check(b"PUB   abcd 123\r", true, &limits).is_ok());
+        assert_eq!(
+            check(b"PUB abcd 1234", true, &limits).err(),
+            Some(ProtocolError::ControlLineTooLong)
+        );
+        let long_run = [b"SUB".as_ref(), &[b' '; MAX_SEPARATOR_RUN + 1], b"a 1"].concat();
+        assert_eq!(
+            check(&long_run, true, &limits).err(),
+            Some(ProtocolError::ControlLineTooLong)
+        );
+    }
+
+    #[test]
+    fn earliest_error_wins() {
+        let limits = Limits {
+            max_control_line: 4,
+            ..Limits::default()
+        };
+        // Stray \r before the limit is reached.
+        assert_eq!(
+            check(b"PUB a\rbcdefgh", true, &limits).err(),
+            Some(ProtocolError::StrayCarriageReturn)
+        );
+        // Limit reached before the control byte.
+        assert_eq!(
+            check(b"PUB abcdefg\x01", true, &limits).err(),
+            Some(ProtocolError::ControlLineTooLong)
+        );
+        assert_eq!(
+            check(b"PUB a\xffb 1", true, &limits).err(),
+            Some(ProtocolError::InvalidUtf8)
+        );
+    }
+}
