@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds target/wasm32-wasip1/release/natsguard.wasm and checks its imports.
+#
+# Toolchain detection: a rustup toolchain with the wasm32-wasip1 target installed gets the plain
+# `cargo build --target wasm32-wasip1`. Otherwise Debian's rustc-web route is used: rustc 1.96 with
+# the std sources (-Zbuild-std) linked against Debian's wasi-libc by lld; its packages are installed
+# when missing (needs root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=wasm32-wasip1
+out=target/$target/release/natsguard.wasm
+debian_packages=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
+
+if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+    echo "build-wasm: rustup toolchain with $target"
+    cargo build --release --target "$target" --lib
+else
+    missing=()
+    for package in "${debian_packages[@]}"; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        if [[ $(id -u) -ne 0 ]]; then
+            echo "build-wasm: no rustup toolchain with the $target target, and Debian packages missing: ${missing[*]}" >&2
+            echo "build-wasm: either 'rustup target add $target', or as root: apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+        echo "build-wasm: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    fi
+    echo "build-wasm: Debian rustc-web ($(/usr/bin/rustc --version)) with -Zbuild-std"
+    RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
+        RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi" \
+        /usr/bin/cargo build --release --target "$target" --lib -Zbuild-std=std,panic_abort
+fi
+
+python3 scripts/check-wasm-imports.py "$out"
+echo "build-wasm: $out ($(stat -c %s "$out") bytes)"
