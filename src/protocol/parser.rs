@@ -18,7 +18,8 @@ pub const DEFAULT_MAX_PAYLOAD: u32 = 1024 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Longest control-line argument (bytes after the op name and its separators, without
-    /// the line end) for every op but CONNECT.
+    /// the line end) for every op but CONNECT. For a [`ServerParser`] use a larger value
+    /// than the server's own limit: a MSG line adds the sid to what the publisher sent.
     pub max_control_line: usize,
     /// Longest CONNECT argument.
     pub max_connect_line: usize,
@@ -176,6 +177,16 @@ impl<D: Direction> Parser<D> {
     /// Applies a new `max_payload` (e.g. from an async INFO) to the following control lines.
     pub fn set_max_payload(&mut self, max_payload: u32) {
         self.limits.max_payload = max_payload;
+    }
+
+    /// Bytes of an unfinished control line held until its end arrives (bounded by the
+    /// limits: about `max(max_control_line, max_connect_line)` plus a few dozen bytes).
+    pub fn held_bytes(&self) -> usize {
+        if self.held_reported {
+            0
+        } else {
+            self.held.len()
+        }
     }
 
     /// Whether an error was reported; the parser then yields nothing more.
