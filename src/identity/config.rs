@@ -1,8 +1,9 @@
 //! The `identity` object of natsguard's JSON configuration, and its semantic validation.
 //!
-//! Serde checks the shape (`deny_unknown_fields`, types); [`IdentityConfig::validate`] checks the
-//! meaning and reports the first problem as a [`ConfigIssue`] whose path is relative to the
-//! `identity` object (the policy module prefixes `identity.`).
+//! Serde checks the shape (`deny_unknown_fields`, types); [`IdentityConfig::validate`] (or
+//! building an [`super::Authenticator`]) checks the meaning and reports the first problem as a
+//! [`ConfigIssue`] whose path is relative to the `identity` object (the policy module prefixes
+//! `identity.`).
 
 use std::collections::HashSet;
 use std::fmt;
@@ -225,8 +226,9 @@ fn default_refresh_seconds() -> u64 {
 }
 
 impl IdentityConfig {
-    /// Checks the meaning of the configuration; the first problem is returned with its path.
-    pub fn validate(&self) -> Result<(), ConfigIssue> {
+    /// Checks the meaning of every field except the key sets' contents (compiled by
+    /// [`super::Authenticator::new`]); the first problem is returned with its path.
+    pub(crate) fn check_fields(&self) -> Result<(), ConfigIssue> {
         if self.spiffe.is_none() && self.jwt.is_none() {
             return Err(ConfigIssue::new(
                 "",

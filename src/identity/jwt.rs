@@ -318,11 +318,7 @@ fn decode_unverified(token: &str) -> Result<UnverifiedToken, Rejection> {
         return Err(Rejection::JwtMalformed);
     };
     let header = decode_json_object(header)?;
-    let claims = decode_json_object(payload)?;
-    match Base64UrlSafeNoPadding::decode_to_vec(signature, None) {
-        Ok(signature) if !signature.is_empty() => {}
-        _ => return Err(Rejection::JwtMalformed),
-    }
+    // `alg: none` is named before the signature is looked at: unsigned tokens end with `.`.
     let algorithm = match header.get("alg") {
         Some(Value::String(alg)) if alg.eq_ignore_ascii_case("none") => {
             return Err(Rejection::JwtAlgNone)
@@ -340,6 +336,11 @@ fn decode_unverified(token: &str) -> Result<UnverifiedToken, Rejection> {
         Some(Value::String(kid)) => Some(kid.clone()),
         Some(_) => return Err(Rejection::JwtMalformed),
     };
+    let claims = decode_json_object(payload)?;
+    match Base64UrlSafeNoPadding::decode_to_vec(signature, None) {
+        Ok(signature) if !signature.is_empty() => {}
+        _ => return Err(Rejection::JwtMalformed),
+    }
     check_claim_types(&claims)?;
     Ok(UnverifiedToken {
         algorithm,

@@ -245,11 +245,19 @@ struct JwtAuthenticator {
     verifier: JwtVerifier,
 }
 
+impl IdentityConfig {
+    /// Checks the whole configuration, static key sets included: exactly the checks of
+    /// [`Authenticator::new`], for callers that validate before building.
+    pub fn validate(&self) -> Result<(), ConfigIssue> {
+        Authenticator::new(self).map(drop)
+    }
+}
+
 impl Authenticator {
     /// Validates `config` and compiles its static key sets. An invalid JWKS is a configuration
     /// error whose path points into it (`jwt.providers[0].jwks.keys[1].n`).
     pub fn new(config: &IdentityConfig) -> Result<Authenticator, ConfigIssue> {
-        config.validate()?;
+        config.check_fields()?;
         let jwt = match &config.jwt {
             Some(jwt) => Some(JwtAuthenticator {
                 required: jwt.required,
