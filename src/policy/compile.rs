@@ -376,11 +376,12 @@ fn union_direction<'a>(
             .clone()
             .flat_map(|direction| direction.allow.iter().flatten())
         {
-            let subject = entry.subject.expand(identity);
-            let queue = entry.queue.as_ref().map(|queue| queue.expand(identity));
-            if let (Some(subject), Some(queue)) =
-                (subject, queue.map_or(Some(None), |queue| queue.map(Some)))
-            {
+            // An entry whose subject or queue cannot be expanded is dropped.
+            let queue = match &entry.queue {
+                None => Some(None),
+                Some(queue) => queue.expand(identity).map(Some),
+            };
+            if let (Some(subject), Some(queue)) = (entry.subject.expand(identity), queue) {
                 trie.insert(subject.as_bytes(), queue.as_deref().map(str::as_bytes));
             }
         }

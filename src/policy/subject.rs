@@ -99,11 +99,8 @@ pub(crate) fn subjects_collide(first: &[u8], second: &[u8]) -> bool {
         (false, false) => {}
     }
     let (first_len, second_len) = (first_tokens.len(), second_tokens.len());
-    if first_len != second_len
-        && ((!first_full && !second_full)
-            || (first_len < second_len && !first_full)
-            || (second_len < first_len && !second_full))
-    {
+    // Of different lengths, only a `>` in the shorter one can make them collide.
+    if (first_len < second_len && !first_full) || (second_len < first_len && !second_full) {
         return false;
     }
     first_tokens
@@ -113,8 +110,8 @@ pub(crate) fn subjects_collide(first: &[u8], second: &[u8]) -> bool {
 }
 
 fn analyze(tokens: &[&[u8]]) -> (bool, bool) {
-    let single = tokens.iter().any(|token| *token == SINGLE_WILDCARD);
-    let full = tokens.iter().any(|token| *token == FULL_WILDCARD);
+    let single = tokens.contains(&SINGLE_WILDCARD);
+    let full = tokens.contains(&FULL_WILDCARD);
     (single, full)
 }
 

@@ -112,11 +112,7 @@ fn match_level(
     let mut last_single: Option<&Node> = None;
     for (index, token) in subject_tokens.iter().enumerate() {
         if let Some(full) = &level.full_wildcard {
-            if full
-                .terminal
-                .as_ref()
-                .is_some_and(|terminal| visit(terminal))
-            {
+            if full.terminal.as_ref().is_some_and(&mut *visit) {
                 return true;
             }
         }
@@ -148,11 +144,7 @@ fn match_level(
         }
     }
     for node in [last, last_single].into_iter().flatten() {
-        if node
-            .terminal
-            .as_ref()
-            .is_some_and(|terminal| visit(terminal))
-        {
+        if node.terminal.as_ref().is_some_and(&mut *visit) {
             return true;
         }
     }
