@@ -22,7 +22,7 @@ use natsguard::policy::{self, ConnectionPermissions, SubscribeDecision};
 use serde_json::{json, Value};
 
 const DEFAULT_SEED: u64 = 0x6e61_7473_6775_6172;
-const GENERATED_USERS: usize = 60;
+const GENERATED_USERS: usize = 150;
 const PASSWORD: &str = "pw";
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -239,6 +239,28 @@ fn fixed_scenarios() -> Vec<Scenario> {
                 feed("in.x", Some("open.reply")),
                 reply("open.reply"),
                 reply("open.reply"),
+            ],
+        },
+        // The queue-entry override and queue denies (reference §3.3).
+        Scenario {
+            block: json!({ "subscribe": {
+                "allow": ["foo.*", "q.>", "qq v1", "qw v1.*", "both", "both v1"],
+                "deny": ["foo.secret", "q.deny v2", "q.hidden"]
+            }}),
+            ops: vec![
+                sub(1, "qq", None),
+                sub(2, "qq", Some("v1")),
+                sub(3, "qq", Some("v2")),
+                sub(4, "qw", Some("v1.x")),
+                sub(5, "qw", Some("v1")),
+                sub(6, "both", None),
+                sub(7, "both", Some("v1")),
+                sub(8, "both", Some("v2")),
+                sub(9, "q.deny", Some("v2")),
+                sub(10, "q.deny", Some("v3")),
+                sub(11, "q.hidden", None),
+                sub(12, "foo.bar", Some("_sys_")),
+                sub(13, "foo..x", None),
             ],
         },
         // Delivery filter with queue deny entries.

@@ -888,3 +888,46 @@ fn config_errors_name_the_path() {
     let trailing = policy::load("{} x").unwrap_err();
     assert_eq!(trailing.path, "$");
 }
+
+#[test]
+fn decision_cache_never_mixes_up_subjects() {
+    for slots in [0, 1, 2, 1024] {
+        let config = json!({
+            "limits": { "decision_cache_entries": slots },
+            "rules": [{ "name": "r", "permissions": {
+                "publish": { "allow": ["ok.*"], "deny": ["ok.no"] },
+                "subscribe": { "allow": [">"], "deny": ["s.no", "s.q v1"] }
+            } }]
+        });
+        let mut perms = load(config)
+            .unwrap()
+            .policy
+            .resolve(&Identity::default())
+            .unwrap();
+        assert!(sub(&mut perms, "s.*", Some("v1")));
+        for round in 0..3 {
+            for (subject, expected) in [
+                ("ok.yes", true),
+                ("ok.no", false),
+                ("other", false),
+                ("ok.x", true),
+            ] {
+                assert_eq!(
+                    perms.check_publish(subject.as_bytes(), at(0)),
+                    expected,
+                    "{slots} {round} {subject}"
+                );
+            }
+            for (subject, queue, expected) in [
+                ("s.no", None, false),
+                ("s.q", Some("v1"), false),
+                ("s.q", Some("v2"), true),
+                ("s.q", None, true),
+                ("s.yes", None, true),
+            ] {
+                let delivered = perms.should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
+                assert_eq!(delivered, expected, "{slots} {round} {subject} {queue:?}");
+            }
+        }
+    }
+}
