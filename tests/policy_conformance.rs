@@ -18,7 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use natsguard::identity::Identity;
-use natsguard::policy::{self, ConnectionPermissions, SubscribeDecision};
+use natsguard::policy::{self, is_reserved_reply, ConnectionPermissions, SubscribeDecision};
 use serde_json::{json, Value};
 
 const DEFAULT_SEED: u64 = 0x6e61_7473_6775_6172;
@@ -88,6 +88,10 @@ enum Op {
         reply: Option<String>,
     },
     Reply {
+        reply: String,
+    },
+    PubWithReply {
+        subject: String,
         reply: String,
     },
 }
@@ -240,6 +244,32 @@ fn fixed_scenarios() -> Vec<Scenario> {
                 reply("open.reply"),
                 reply("open.reply"),
             ],
+        },
+        // Reserved publish subjects and reply prefixes.
+        Scenario {
+            block: json!({}),
+            ops: ["_GR_.x", "_GR_.", "_GR_", "$NRG.x", "$NRG.", "$NRG"]
+                .iter()
+                .map(|subject| publish(subject))
+                .chain(
+                    [
+                        "_R_.x",
+                        "_R_.",
+                        "$JS.ACK.s",
+                        "$JS.ACK.",
+                        "$JS.ACK",
+                        "_GR_.x",
+                        "_GR_.",
+                        "$GNR.x",
+                        "ok",
+                    ]
+                    .iter()
+                    .map(|reply| Op::PubWithReply {
+                        subject: "plain".into(),
+                        reply: (*reply).into(),
+                    }),
+                )
+                .collect(),
         },
         // The queue-entry override and queue denies (reference §3.3).
         Scenario {
@@ -561,6 +591,19 @@ fn run_user(
                     _ => None,
                 };
                 record(outcome, op, server, engine_allowed, difference);
+            }
+            Op::PubWithReply { subject, reply } => {
+                let events = user.round_trip(&format!("PUB {subject} {reply} 0\r\n\r\n"));
+                let server = violation(&events).is_none();
+                if let Some(text) = violation(&events) {
+                    assert_eq!(
+                        text,
+                        format!("Permissions Violation for Publish with Reply of \"{reply}\"")
+                    );
+                }
+                let engine_allowed = engine.check_publish(subject.as_bytes(), now)
+                    && !is_reserved_reply(reply.as_bytes());
+                record(outcome, op, server, engine_allowed, None);
             }
             Op::Feed { subject, reply } => {
                 let line = match reply {

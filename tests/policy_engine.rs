@@ -224,6 +224,8 @@ fn publish_checks() {
         "Raft subjects are reserved"
     );
     assert!(unrestricted.check_publish(b"_GR_", at(0)));
+    assert!(unrestricted.check_publish(b"_GR_.", at(0)));
+    assert!(!unrestricted.check_publish(b"$NRG.", at(0)));
 }
 
 #[test]

@@ -11,9 +11,10 @@ use super::trie::{MatchMode, PatternTrie, Terminal};
 
 /// nats-server refuses this queue group name to clients (server/client.go, `sysGroup`).
 const SYSTEM_QUEUE_GROUP: &[u8] = b"_sys_";
-/// Publish subjects reserved by nats-server for clients: gateway-routed replies (always) and
-/// Raft traffic (outside the system account).
-const RESERVED_PUBLISH_PREFIXES: [&[u8]; 2] = [b"_GR_.", b"$NRG."];
+/// Gateway-routed reply subjects: nats-server refuses them as client publish subjects.
+const GATEWAY_REPLY_PREFIX: &[u8] = b"_GR_.";
+/// Raft subjects: refused to clients outside the system account (natsguard: to every client).
+const RAFT_PREFIX: &[u8] = b"$NRG.";
 /// Reply subjects a client may not set (server/client.go, func isReservedReply).
 const RESERVED_REPLY_PREFIXES: [&[u8]; 3] = [b"_R_.", b"$JS.ACK.", b"_GR_."];
 /// Bounds of the allow_responses reply table per connection. When full (after pruning expired
@@ -285,10 +286,10 @@ impl ConnectionPermissions {
     /// pubAllowedFullCheck): reserved prefixes, allow, deny, then allow_responses grants.
     /// The reply subject is checked separately with [`is_reserved_reply`].
     pub fn check_publish(&mut self, subject: &[u8], now: Duration) -> bool {
-        if RESERVED_PUBLISH_PREFIXES
-            .iter()
-            .any(|prefix| subject.len() > prefix.len() && subject.starts_with(prefix))
-        {
+        // Same length rules as nats-server: `_GR_.` needs a following byte, `$NRG.` does not.
+        let gateway_reply =
+            subject.len() > GATEWAY_REPLY_PREFIX.len() && subject.starts_with(GATEWAY_REPLY_PREFIX);
+        if gateway_reply || subject.starts_with(RAFT_PREFIX) {
             return false;
         }
         match self.static_publish_decision(subject) {
