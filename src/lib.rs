@@ -6,6 +6,7 @@
 //!
 //! Dependencies point down: `filter` → `engine` → {`protocol`, `policy`, `identity`}.
 
+pub mod engine;
 pub mod identity;
 pub mod policy;
 pub mod protocol;

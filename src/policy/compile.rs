@@ -144,7 +144,9 @@ impl Policy {
 
     /// Validates and compiles a parsed configuration; any problem rejects it as a whole.
     pub fn compile(config: Config) -> Result<LoadedPolicy, ConfigError> {
-        config.identity.validate().map_err(|issue| {
+        // Building the authenticator validates the identity block and compiles its static JWKS,
+        // so an unusable key set rejects the configuration too.
+        crate::identity::Authenticator::new(&config.identity).map_err(|issue| {
             let path = match issue.path.as_str() {
                 "" => "identity".to_owned(),
                 relative => format!("identity.{relative}"),

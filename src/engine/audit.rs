@@ -1,0 +1,120 @@
+//! natsguard's audit events: one JSON object per line, never a token or a payload.
+
+use serde_json::{json, Map, Value};
+
+use crate::identity::Identity;
+
+use super::Counters;
+
+/// What an audit event is about; it also decides the metric it counts in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// CONNECT accepted.
+    ConnectionStart,
+    /// The identity could not be established (no or invalid SPIFFE ID or token…).
+    AuthFailure,
+    /// The identity was established but the policy refuses the connection.
+    Refused,
+    /// A frame was denied (PUB, SUB).
+    Deny,
+    /// The client (or server) broke the protocol; the connection closes.
+    ProtocolError,
+    /// The connection's token expired; the connection closes.
+    Expired,
+    /// The connection closed.
+    ConnectionEnd,
+}
+
+/// One audit line and the facts metrics need.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditEvent {
+    pub kind: EventKind,
+    /// A stable snake_case reason (empty for connection start/end).
+    pub reason: &'static str,
+    /// The JSON object logged as is.
+    pub json: String,
+}
+
+impl AuditEvent {
+    fn new(kind: EventKind, reason: &'static str, mut fields: Map<String, Value>) -> AuditEvent {
+        let name = match kind {
+            EventKind::ConnectionStart => "connection_start",
+            EventKind::AuthFailure | EventKind::Refused => "auth_failure",
+            EventKind::Deny => "deny",
+            EventKind::ProtocolError => "protocol_error",
+            EventKind::Expired => "expired",
+            EventKind::ConnectionEnd => "connection_end",
+        };
+        let mut object = Map::new();
+        object.insert("natsguard".into(), name.into());
+        if !reason.is_empty() {
+            object.insert("reason".into(), reason.into());
+        }
+        object.append(&mut fields);
+        AuditEvent { kind, reason, json: Value::Object(object).to_string() }
+    }
+
+    pub(crate) fn connection_start(identity: &Identity, rules: &[String]) -> AuditEvent {
+        AuditEvent::new(EventKind::ConnectionStart, "", identity_fields(Some(identity), rules))
+    }
+
+    pub(crate) fn auth_failure(reason: &'static str, peer_uri_san: Option<&str>) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("spiffe_id".into(), peer_uri_san.into());
+        AuditEvent::new(EventKind::AuthFailure, reason, fields)
+    }
+
+    pub(crate) fn refused(reason: &'static str, identity: &Identity) -> AuditEvent {
+        AuditEvent::new(EventKind::Refused, reason, identity_fields(Some(identity), &[]))
+    }
+
+    pub(crate) fn denied(op: &'static str, subject: &str, queue: Option<&str>, identity: &Identity, rules: &[String]) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("op".into(), op.into());
+        fields.insert("subject".into(), subject.into());
+        if let Some(queue) = queue {
+            fields.insert("queue".into(), queue.into());
+        }
+        fields.append(&mut identity_fields(Some(identity), rules));
+        let reason = if op == "PUB" { "publish_denied" } else { "subscribe_denied" };
+        AuditEvent::new(EventKind::Deny, reason, fields)
+    }
+
+    pub(crate) fn protocol_error(reason: &'static str, identity: Option<&Identity>) -> AuditEvent {
+        AuditEvent::new(EventKind::ProtocolError, reason, identity_fields(identity, &[]))
+    }
+
+    pub(crate) fn expired(identity: &Identity) -> AuditEvent {
+        AuditEvent::new(EventKind::Expired, "jwt_expired", identity_fields(Some(identity), &[]))
+    }
+
+    pub(crate) fn connection_end(identity: Option<&Identity>, totals: &Counters) -> AuditEvent {
+        let mut fields = identity_fields(identity, &[]);
+        fields.insert(
+            "counts".into(),
+            json!({
+                "publish_allowed": totals.publish_allowed,
+                "publish_denied": totals.publish_denied,
+                "subscribe_allowed": totals.subscribe_allowed,
+                "subscribe_denied": totals.subscribe_denied,
+                "deliveries_filtered": totals.deliveries_filtered,
+            }),
+        );
+        AuditEvent::new(EventKind::ConnectionEnd, "", fields)
+    }
+}
+
+fn identity_fields(identity: Option<&Identity>, rules: &[String]) -> Map<String, Value> {
+    let mut fields = Map::new();
+    let spiffe = identity.and_then(|identity| identity.spiffe.as_ref());
+    let jwt = identity.and_then(|identity| identity.jwt.as_ref());
+    fields.insert("principal".into(), spiffe.map(|s| s.principal()).into());
+    fields.insert("namespace".into(), spiffe.and_then(|s| s.namespace.clone()).into());
+    fields.insert("service_account".into(), spiffe.and_then(|s| s.service_account.clone()).into());
+    fields.insert("jwt_iss".into(), jwt.map(|j| j.issuer.clone()).into());
+    fields.insert("jwt_sub".into(), jwt.map(|j| j.subject.clone()).into());
+    if !rules.is_empty() {
+        fields.insert("rules".into(), rules.into());
+    }
+    fields
+}
