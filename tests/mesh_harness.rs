@@ -108,10 +108,13 @@ async fn natsguard_sees_the_spiffe_id_of_each_client_certificate() {
         client.flush().await.expect("flush");
         clients.push(client);
     }
-    let seen = |lines: &[serde_json::Value], spiffe_id: &str| {
-        lines.iter().any(|line| line["natsguard"] == "connection_start" && line["spiffe_id"] == spiffe_id)
+    let seen = |lines: &[serde_json::Value], service_account: &str| {
+        lines.iter().any(|line| {
+            line["natsguard"] == "connection_start"
+                && line["principal"] == format!("cluster.local/ns/billing/sa/{service_account}")
+                && line["namespace"] == "billing"
+                && line["service_account"] == service_account
+        })
     };
-    mesh.wait_for_audit("both identities", |lines| {
-        seen(lines, "spiffe://cluster.local/ns/billing/sa/publisher") && seen(lines, "spiffe://cluster.local/ns/billing/sa/subscriber")
-    });
+    mesh.wait_for_audit("both identities", |lines| seen(lines, "publisher") && seen(lines, "subscriber"));
 }
