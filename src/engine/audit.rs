@@ -51,11 +51,19 @@ impl AuditEvent {
             object.insert("reason".into(), reason.into());
         }
         object.append(&mut fields);
-        AuditEvent { kind, reason, json: Value::Object(object).to_string() }
+        AuditEvent {
+            kind,
+            reason,
+            json: Value::Object(object).to_string(),
+        }
     }
 
     pub(crate) fn connection_start(identity: &Identity, rules: &[String]) -> AuditEvent {
-        AuditEvent::new(EventKind::ConnectionStart, "", identity_fields(Some(identity), rules))
+        AuditEvent::new(
+            EventKind::ConnectionStart,
+            "",
+            identity_fields(Some(identity), rules),
+        )
     }
 
     pub(crate) fn auth_failure(reason: &'static str, peer_uri_san: Option<&str>) -> AuditEvent {
@@ -65,10 +73,20 @@ impl AuditEvent {
     }
 
     pub(crate) fn refused(reason: &'static str, identity: &Identity) -> AuditEvent {
-        AuditEvent::new(EventKind::Refused, reason, identity_fields(Some(identity), &[]))
+        AuditEvent::new(
+            EventKind::Refused,
+            reason,
+            identity_fields(Some(identity), &[]),
+        )
     }
 
-    pub(crate) fn denied(op: &'static str, subject: &str, queue: Option<&str>, identity: &Identity, rules: &[String]) -> AuditEvent {
+    pub(crate) fn denied(
+        op: &'static str,
+        subject: &str,
+        queue: Option<&str>,
+        identity: &Identity,
+        rules: &[String],
+    ) -> AuditEvent {
         let mut fields = Map::new();
         fields.insert("op".into(), op.into());
         fields.insert("subject".into(), subject.into());
@@ -76,16 +94,28 @@ impl AuditEvent {
             fields.insert("queue".into(), queue.into());
         }
         fields.append(&mut identity_fields(Some(identity), rules));
-        let reason = if op == "PUB" { "publish_denied" } else { "subscribe_denied" };
+        let reason = if op == "PUB" {
+            "publish_denied"
+        } else {
+            "subscribe_denied"
+        };
         AuditEvent::new(EventKind::Deny, reason, fields)
     }
 
     pub(crate) fn protocol_error(reason: &'static str, identity: Option<&Identity>) -> AuditEvent {
-        AuditEvent::new(EventKind::ProtocolError, reason, identity_fields(identity, &[]))
+        AuditEvent::new(
+            EventKind::ProtocolError,
+            reason,
+            identity_fields(identity, &[]),
+        )
     }
 
     pub(crate) fn expired(identity: &Identity) -> AuditEvent {
-        AuditEvent::new(EventKind::Expired, "jwt_expired", identity_fields(Some(identity), &[]))
+        AuditEvent::new(
+            EventKind::Expired,
+            "jwt_expired",
+            identity_fields(Some(identity), &[]),
+        )
     }
 
     pub(crate) fn connection_end(identity: Option<&Identity>, totals: &Counters) -> AuditEvent {
@@ -109,8 +139,14 @@ fn identity_fields(identity: Option<&Identity>, rules: &[String]) -> Map<String,
     let spiffe = identity.and_then(|identity| identity.spiffe.as_ref());
     let jwt = identity.and_then(|identity| identity.jwt.as_ref());
     fields.insert("principal".into(), spiffe.map(|s| s.principal()).into());
-    fields.insert("namespace".into(), spiffe.and_then(|s| s.namespace.clone()).into());
-    fields.insert("service_account".into(), spiffe.and_then(|s| s.service_account.clone()).into());
+    fields.insert(
+        "namespace".into(),
+        spiffe.and_then(|s| s.namespace.clone()).into(),
+    );
+    fields.insert(
+        "service_account".into(),
+        spiffe.and_then(|s| s.service_account.clone()).into(),
+    );
     fields.insert("jwt_iss".into(), jwt.map(|j| j.issuer.clone()).into());
     fields.insert("jwt_sub".into(), jwt.map(|j| j.subject.clone()).into());
     if !rules.is_empty() {

@@ -104,7 +104,11 @@ enum State {
     /// Nothing but CONNECT is acceptable yet.
     AwaitingConnect,
     /// CONNECT is waiting for a provider's first remote key set.
-    AwaitingKeys { connect: Box<Connect>, since: Duration, held: Vec<u8> },
+    AwaitingKeys {
+        connect: Box<Connect>,
+        since: Duration,
+        held: Vec<u8>,
+    },
     /// Authenticated: frames are checked against the permissions.
     Established(Box<Session>),
     /// The token expired: the next server bytes carry `User Authentication Expired`.
@@ -198,7 +202,10 @@ impl Connection {
     /// The audit event for the connection's end, with its totals.
     pub fn connection_end(&mut self) -> AuditEvent {
         let pending = self.take_report();
-        self.report = Report { counters: Counters::default(), events: pending.events };
+        self.report = Report {
+            counters: Counters::default(),
+            events: pending.events,
+        };
         AuditEvent::connection_end(self.identity(), &self.totals)
     }
 
@@ -206,21 +213,37 @@ impl Connection {
     pub fn client_data(&mut self, chunk: &[u8], now: Duration) -> Verdict {
         self.expire_if_due(now);
         match &mut self.state {
-            State::Closing => return Verdict { forward: Forward::Replace(Vec::new()), close: None },
+            State::Closing => {
+                return Verdict {
+                    forward: Forward::Replace(Vec::new()),
+                    close: None,
+                }
+            }
             State::Expired { .. } => {
                 // Provoke server bytes to carry the -ERR; the client's frames are not executed.
                 self.state = State::Closing;
-                self.pongs.push_back(PongOwner::ErrorThenClose(Some(USER_AUTHENTICATION_EXPIRED.to_vec())));
-                return Verdict { forward: Forward::Replace(b"PING\r\n".to_vec()), close: None };
+                self.pongs.push_back(PongOwner::ErrorThenClose(Some(
+                    USER_AUTHENTICATION_EXPIRED.to_vec(),
+                )));
+                return Verdict {
+                    forward: Forward::Replace(b"PING\r\n".to_vec()),
+                    close: None,
+                };
             }
             State::AwaitingKeys { held, .. } => {
                 if held.len() + chunk.len() > MAX_HELD_BYTES {
                     let mut out = Vec::new();
                     self.refuse(&mut out, "held_bytes_exceeded", None);
-                    return Verdict { forward: Forward::Replace(out), close: None };
+                    return Verdict {
+                        forward: Forward::Replace(out),
+                        close: None,
+                    };
                 }
                 held.extend_from_slice(chunk);
-                return Verdict { forward: Forward::Hold, close: None };
+                return Verdict {
+                    forward: Forward::Hold,
+                    close: None,
+                };
             }
             State::AwaitingConnect | State::Established(_) => {}
         }
@@ -236,21 +259,35 @@ impl Connection {
     /// while it must keep waiting; otherwise the bytes to send upstream in place of
     /// everything held.
     pub fn resume(&mut self, now: Duration) -> Option<Verdict> {
-        let State::AwaitingKeys { connect, since, held } = std::mem::replace(&mut self.state, State::AwaitingConnect)
+        let State::AwaitingKeys {
+            connect,
+            since,
+            held,
+        } = std::mem::replace(&mut self.state, State::AwaitingConnect)
         else {
             return None;
         };
         let mut out = Vec::new();
         match self.authenticate(*connect, now, &mut out) {
             Decision::Waiting(connect) if now.saturating_sub(since) < AWAIT_KEYS_TIMEOUT => {
-                self.state = State::AwaitingKeys { connect, since, held };
+                self.state = State::AwaitingKeys {
+                    connect,
+                    since,
+                    held,
+                };
                 None
             }
             Decision::Waiting(_) => {
                 self.refuse(&mut out, "jwks_unavailable", None);
-                Some(Verdict { forward: Forward::Replace(out), close: None })
+                Some(Verdict {
+                    forward: Forward::Replace(out),
+                    close: None,
+                })
             }
-            Decision::Refused => Some(Verdict { forward: Forward::Replace(out), close: None }),
+            Decision::Refused => Some(Verdict {
+                forward: Forward::Replace(out),
+                close: None,
+            }),
             Decision::Accepted => {
                 let rest = self.client_data(&held, now);
                 match rest.forward {
@@ -258,7 +295,10 @@ impl Connection {
                     Forward::Replace(bytes) => out.extend_from_slice(&bytes),
                     Forward::Hold => {}
                 }
-                Some(Verdict { forward: Forward::Replace(out), close: rest.close })
+                Some(Verdict {
+                    forward: Forward::Replace(out),
+                    close: rest.close,
+                })
             }
         }
     }
@@ -277,14 +317,24 @@ impl Connection {
 
     fn expire_if_due(&mut self, now: Duration) {
         if let State::Established(session) = &self.state {
-            if session.valid_until.is_some_and(|until| now.as_secs() >= until) {
-                self.report.events.push(AuditEvent::expired(&session.identity));
+            if session
+                .valid_until
+                .is_some_and(|until| now.as_secs() >= until)
+            {
+                self.report
+                    .events
+                    .push(AuditEvent::expired(&session.identity));
                 self.state = State::Expired { since: now };
             }
         }
     }
 
-    fn process_client(&mut self, parser: &mut ClientParser, chunk: &[u8], now: Duration) -> Verdict {
+    fn process_client(
+        &mut self,
+        parser: &mut ClientParser,
+        chunk: &[u8],
+        now: Duration,
+    ) -> Verdict {
         let mut out = Rewrite::new(chunk);
         let mut items = parser.feed(chunk);
         while let Some(item) = items.next() {
@@ -316,8 +366,15 @@ impl Connection {
                             out.insert(&forwarded);
                             if let Decision::Waiting(connect) = decision {
                                 let held = chunk[line.span.end..].to_vec();
-                                self.state = State::AwaitingKeys { connect, since: now, held };
-                                return Verdict { forward: Forward::Hold, close: None };
+                                self.state = State::AwaitingKeys {
+                                    connect,
+                                    since: now,
+                                    held,
+                                };
+                                return Verdict {
+                                    forward: Forward::Hold,
+                                    close: None,
+                                };
                             }
                         }
                         (State::AwaitingConnect, _) => {
@@ -344,33 +401,63 @@ impl Connection {
                             } else {
                                 self.report.counters.publish_denied += 1;
                                 let rules = session.permissions.matched_rules();
-                                self.report.events.push(AuditEvent::denied("PUB", subject, None, &session.identity, rules));
+                                self.report.events.push(AuditEvent::denied(
+                                    "PUB",
+                                    subject,
+                                    None,
+                                    &session.identity,
+                                    rules,
+                                ));
                                 self.client_payload = PayloadFate::Drop;
                                 out.drop(line.span.clone());
                                 out.insert(b"PING\r\n");
-                                self.pongs.push_back(PongOwner::Error(publish_violation(subject.as_bytes())));
+                                self.pongs.push_back(PongOwner::Error(publish_violation(
+                                    subject.as_bytes(),
+                                )));
                             }
                         }
-                        (State::Established(session), ClientOp::Sub { subject, queue, sid }) => {
+                        (
+                            State::Established(session),
+                            ClientOp::Sub {
+                                subject,
+                                queue,
+                                sid,
+                            },
+                        ) => {
                             let queue_bytes = queue.map(str::as_bytes);
-                            match session.permissions.check_subscribe(subject.as_bytes(), queue_bytes) {
+                            match session
+                                .permissions
+                                .check_subscribe(subject.as_bytes(), queue_bytes)
+                            {
                                 SubscribeDecision::Allowed => {
                                     self.report.counters.subscribe_allowed += 1;
                                     // nats-server ignores a SUB that reuses a live sid.
-                                    session.subscriptions.entry(sid.into()).or_insert(Subscription {
-                                        queue: queue.map(Into::into),
-                                        delivered: 0,
-                                        max: None,
-                                    });
+                                    session.subscriptions.entry(sid.into()).or_insert(
+                                        Subscription {
+                                            queue: queue.map(Into::into),
+                                            delivered: 0,
+                                            max: None,
+                                        },
+                                    );
                                     forward_line(&mut out);
                                 }
                                 SubscribeDecision::Denied => {
                                     self.report.counters.subscribe_denied += 1;
                                     let rules = session.permissions.matched_rules();
-                                    self.report.events.push(AuditEvent::denied("SUB", subject, queue, &session.identity, rules));
+                                    self.report.events.push(AuditEvent::denied(
+                                        "SUB",
+                                        subject,
+                                        queue,
+                                        &session.identity,
+                                        rules,
+                                    ));
                                     out.drop(line.span.clone());
                                     out.insert(b"PING\r\n");
-                                    self.pongs.push_back(PongOwner::Error(subscription_violation(subject.as_bytes(), queue_bytes)));
+                                    self.pongs
+                                        .push_back(PongOwner::Error(subscription_violation(
+                                            subject.as_bytes(),
+                                            queue_bytes,
+                                        )));
                                 }
                             }
                         }
@@ -378,7 +465,9 @@ impl Connection {
                             // nats-server unsubscribes now unless the max is above what was delivered.
                             if let Some(subscription) = session.subscriptions.get_mut(sid) {
                                 match max_msgs {
-                                    Some(max) if max > subscription.delivered => subscription.max = Some(max),
+                                    Some(max) if max > subscription.delivered => {
+                                        subscription.max = Some(max)
+                                    }
                                     _ => {
                                         session.subscriptions.remove(sid);
                                     }
@@ -391,7 +480,10 @@ impl Connection {
                             forward_line(&mut out);
                         }
                         (State::Established(_), ClientOp::Pong) => forward_line(&mut out),
-                        (State::AwaitingKeys { .. } | State::Expired { .. } | State::Closing, _) => {
+                        (
+                            State::AwaitingKeys { .. } | State::Expired { .. } | State::Closing,
+                            _,
+                        ) => {
                             out.drop(line.span.clone());
                         }
                     }
@@ -402,17 +494,28 @@ impl Connection {
                 break;
             }
         }
-        Verdict { forward: out.finish(), close: None }
+        Verdict {
+            forward: out.finish(),
+            close: None,
+        }
     }
 
     /// Decides a CONNECT: authenticates, resolves the permissions, and writes what goes
     /// upstream in its place (the CONNECT without the client's credentials, or a PING that will
     /// carry the refusal).
-    fn authenticate(&mut self, mut connect: Connect, now: Duration, forwarded: &mut Vec<u8>) -> Decision {
+    fn authenticate(
+        &mut self,
+        mut connect: Connect,
+        now: Duration,
+        forwarded: &mut Vec<u8>,
+    ) -> Decision {
         let gate = Rc::clone(&self.gate);
         let outcome = {
             let authenticator = gate.authenticator.borrow();
-            let token = authenticator.token_fields().iter().find_map(|field| token_of(&connect, *field));
+            let token = authenticator
+                .token_fields()
+                .iter()
+                .find_map(|field| token_of(&connect, *field));
             authenticator.authenticate(self.peer_uri_san.as_deref(), token, now.as_secs())
         };
         let identity = match outcome {
@@ -440,7 +543,10 @@ impl Connection {
             connect.set("proxy_sig", signer.sign_nonce(nonce));
         }
         connect.write_line(forwarded);
-        self.report.events.push(AuditEvent::connection_start(&identity, permissions.matched_rules()));
+        self.report.events.push(AuditEvent::connection_start(
+            &identity,
+            permissions.matched_rules(),
+        ));
         self.state = State::Established(Box::new(Session {
             valid_until: identity.valid_until(),
             headers: connect.headers() == Some(true),
@@ -454,15 +560,24 @@ impl Connection {
     /// A fatal client-side protocol error: forward what came before, then a PING whose PONG
     /// becomes the server's own error line (or nothing, where nats-server closes silently).
     fn fail_protocol(&mut self, error: &ProtocolError, out: &mut Rewrite) {
-        self.report.events.push(AuditEvent::protocol_error(error.reason(), self.identity()));
+        self.report
+            .events
+            .push(AuditEvent::protocol_error(error.reason(), self.identity()));
         self.state = State::Closing;
         out.insert(b"PING\r\n");
-        self.pongs.push_back(PongOwner::ErrorThenClose(error.server_error_line().map(<[u8]>::to_vec)));
+        self.pongs.push_back(PongOwner::ErrorThenClose(
+            error.server_error_line().map(<[u8]>::to_vec),
+        ));
     }
 
     /// Refuses the connection with `Authorization Violation`: a PING goes upstream in place
     /// of the refused frames and its PONG becomes the error, then the connection closes.
-    fn refuse(&mut self, upstream: &mut Vec<u8>, reason: &'static str, identity: Option<&Identity>) {
+    fn refuse(
+        &mut self,
+        upstream: &mut Vec<u8>,
+        reason: &'static str,
+        identity: Option<&Identity>,
+    ) {
         let identity = identity.or(self.identity());
         self.report.events.push(match identity {
             Some(identity) => AuditEvent::refused(reason, identity),
@@ -470,7 +585,9 @@ impl Connection {
         });
         self.state = State::Closing;
         upstream.extend_from_slice(b"PING\r\n");
-        self.pongs.push_back(PongOwner::ErrorThenClose(Some(AUTHORIZATION_VIOLATION.to_vec())));
+        self.pongs.push_back(PongOwner::ErrorThenClose(Some(
+            AUTHORIZATION_VIOLATION.to_vec(),
+        )));
     }
 
     /// Server → client bytes.
@@ -485,7 +602,10 @@ impl Connection {
                 };
             }
             State::Closing if self.pongs.is_empty() => {
-                return Verdict { forward: Forward::Replace(Vec::new()), close: Some(Close::Now) };
+                return Verdict {
+                    forward: Forward::Replace(Vec::new()),
+                    close: Some(Close::Now),
+                };
             }
             _ => {}
         }
@@ -497,7 +617,12 @@ impl Connection {
         verdict
     }
 
-    fn process_server(&mut self, parser: &mut ServerParser, chunk: &[u8], now: Duration) -> Verdict {
+    fn process_server(
+        &mut self,
+        parser: &mut ServerParser,
+        chunk: &[u8],
+        now: Duration,
+    ) -> Verdict {
         let mut out = Rewrite::new(chunk);
         let mut items = parser.feed(chunk);
         while let Some(item) = items.next() {
@@ -509,22 +634,43 @@ impl Connection {
                 },
                 Item::Error { error, span } => {
                     // The server's stream is not NATS as natsguard reads it: fail closed.
-                    self.report.events.push(AuditEvent::protocol_error(error.reason(), self.identity()));
+                    self.report
+                        .events
+                        .push(AuditEvent::protocol_error(error.reason(), self.identity()));
                     out.drop(span);
                     self.state = State::Closing;
-                    return Verdict { forward: out.finish(), close: Some(Close::AfterWrite) };
+                    return Verdict {
+                        forward: out.finish(),
+                        close: Some(Close::AfterWrite),
+                    };
                 }
                 Item::ControlLine(line) => {
                     self.server_payload = PayloadFate::Forward;
                     match line.op {
                         ServerOp::Info { json } => {
                             if let Err(reason) = self.server_info(json, &line, &mut out) {
-                                self.report.events.push(AuditEvent::protocol_error(reason, None));
+                                self.report
+                                    .events
+                                    .push(AuditEvent::protocol_error(reason, None));
                                 self.state = State::Closing;
-                                return Verdict { forward: Forward::Replace(Vec::new()), close: Some(Close::Now) };
+                                return Verdict {
+                                    forward: Forward::Replace(Vec::new()),
+                                    close: Some(Close::Now),
+                                };
                             }
                         }
-                        ServerOp::Msg { subject, sid, reply, .. } | ServerOp::HMsg { subject, sid, reply, .. } => {
+                        ServerOp::Msg {
+                            subject,
+                            sid,
+                            reply,
+                            ..
+                        }
+                        | ServerOp::HMsg {
+                            subject,
+                            sid,
+                            reply,
+                            ..
+                        } => {
                             if self.deliver(subject, sid, reply, now) {
                                 forward_control_line(&mut out, &line);
                             } else {
@@ -545,20 +691,33 @@ impl Connection {
                                     out.insert(&error);
                                 }
                                 self.state = State::Closing;
-                                return Verdict { forward: out.finish(), close: Some(Close::AfterWrite) };
+                                return Verdict {
+                                    forward: out.finish(),
+                                    close: Some(Close::AfterWrite),
+                                };
                             }
                         },
-                        ServerOp::Ping | ServerOp::Ok | ServerOp::Err { .. } => forward_control_line(&mut out, &line),
+                        ServerOp::Ping | ServerOp::Ok | ServerOp::Err { .. } => {
+                            forward_control_line(&mut out, &line)
+                        }
                     }
                 }
             }
         }
-        Verdict { forward: out.finish(), close: None }
+        Verdict {
+            forward: out.finish(),
+            close: None,
+        }
     }
 
     /// INFO: learn `max_payload` and the nonce, refuse a server that wants TLS (the filter
     /// could not read the protocol), and rewrite what the client must not see or must know.
-    fn server_info(&mut self, json: &str, line: &ControlLine<ServerOp>, out: &mut Rewrite) -> Result<(), &'static str> {
+    fn server_info(
+        &mut self,
+        json: &str,
+        line: &ControlLine<ServerOp>,
+        out: &mut Rewrite,
+    ) -> Result<(), &'static str> {
         let mut info = Info::parse(json).map_err(|_| "server_info_invalid")?;
         if info.tls_required() == Some(true) {
             return Err("server_requires_tls");
@@ -576,7 +735,9 @@ impl Connection {
             changed = true;
         }
         let fields = info.fields();
-        if self.gate.policy.strip_connect_urls() && (fields.contains("connect_urls") || fields.contains("ws_connect_urls")) {
+        if self.gate.policy.strip_connect_urls()
+            && (fields.contains("connect_urls") || fields.contains("ws_connect_urls"))
+        {
             info.remove_connect_urls();
             changed = true;
         }
@@ -597,19 +758,29 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return true;
         };
-        let queue = session.subscriptions.get(sid).and_then(|s| s.queue.as_deref());
-        let deliver = session.permissions.should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
+        let queue = session
+            .subscriptions
+            .get(sid)
+            .and_then(|s| s.queue.as_deref());
+        let deliver = session
+            .permissions
+            .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
         if !deliver {
             return false;
         }
         if let Some(subscription) = session.subscriptions.get_mut(sid) {
             subscription.delivered = subscription.delivered.saturating_add(1);
-            if subscription.max.is_some_and(|max| subscription.delivered >= max) {
+            if subscription
+                .max
+                .is_some_and(|max| subscription.delivered >= max)
+            {
                 session.subscriptions.remove(sid);
             }
         }
         if let Some(reply) = reply {
-            session.permissions.record_delivered_reply(reply.as_bytes(), now);
+            session
+                .permissions
+                .record_delivered_reply(reply.as_bytes(), now);
         }
         true
     }

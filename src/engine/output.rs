@@ -25,7 +25,11 @@ pub(crate) struct Rewrite<'c> {
 
 impl<'c> Rewrite<'c> {
     pub(crate) fn new(chunk: &'c [u8]) -> Self {
-        Rewrite { chunk, kept: 0, edited: None }
+        Rewrite {
+            chunk,
+            kept: 0,
+            edited: None,
+        }
     }
 
     fn edit(&mut self) -> &mut Vec<u8> {

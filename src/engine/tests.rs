@@ -10,12 +10,18 @@ use crate::policy;
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
 const PUBLISHER: &str = "spiffe://cluster.local/ns/billing/sa/publisher";
-const INFO: &[u8] = b"INFO {\"server_id\":\"S\",\"headers\":true,\"max_payload\":1048576,\"proto\":1} \r\n";
+const INFO: &[u8] =
+    b"INFO {\"server_id\":\"S\",\"headers\":true,\"max_payload\":1048576,\"proto\":1} \r\n";
 
 fn gate(policy_json: &str) -> Rc<Gate> {
     let loaded = policy::load(policy_json).expect("valid policy");
-    let authenticator = Authenticator::new(loaded.policy.identity_config()).expect("identity config");
-    Rc::new(Gate { policy: loaded.policy, authenticator: RefCell::new(authenticator), proxy_signer: None })
+    let authenticator =
+        Authenticator::new(loaded.policy.identity_config()).expect("identity config");
+    Rc::new(Gate {
+        policy: loaded.policy,
+        authenticator: RefCell::new(authenticator),
+        proxy_signer: None,
+    })
 }
 
 fn billing_policy() -> Rc<Gate> {
@@ -40,9 +46,15 @@ fn billing_policy() -> Rc<Gate> {
 fn connected(gate: Rc<Gate>, spiffe_id: Option<&str>) -> Connection {
     let mut connection = Connection::new(gate);
     connection.set_peer_uri_san(spiffe_id.map(String::from));
-    assert_eq!(connection.server_data(INFO, NOW).forward, Forward::Unchanged);
+    assert_eq!(
+        connection.server_data(INFO, NOW).forward,
+        Forward::Unchanged
+    );
     let verdict = connection.client_data(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n", NOW);
-    assert_eq!(verdict.forward, Forward::Replace(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec()));
+    assert_eq!(
+        verdict.forward,
+        Forward::Replace(b"CONNECT {\"verbose\":false,\"headers\":true}\r\n".to_vec())
+    );
     connection
 }
 
@@ -68,11 +80,23 @@ fn server(connection: &mut Connection, chunk: &[u8]) -> (Vec<u8>, Option<Close>)
 fn allowed_frames_pass_untouched() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
     let frames = b"SUB billing.> 1\r\nPUB billing.invoice 5\r\nhello\r\nPING\r\n";
-    assert_eq!(connection.client_data(frames, NOW).forward, Forward::Unchanged);
+    assert_eq!(
+        connection.client_data(frames, NOW).forward,
+        Forward::Unchanged
+    );
     let replies = b"MSG billing.invoice 1 5\r\nhello\r\nPONG\r\n";
-    assert_eq!(connection.server_data(replies, NOW).forward, Forward::Unchanged);
+    assert_eq!(
+        connection.server_data(replies, NOW).forward,
+        Forward::Unchanged
+    );
     let report = connection.take_report();
-    assert_eq!((report.counters.publish_allowed, report.counters.subscribe_allowed), (1, 1));
+    assert_eq!(
+        (
+            report.counters.publish_allowed,
+            report.counters.subscribe_allowed
+        ),
+        (1, 1)
+    );
 }
 
 #[test]
@@ -80,43 +104,70 @@ fn client_credentials_never_reach_the_server() {
     let mut connection = Connection::new(billing_policy());
     connection.set_peer_uri_san(Some(PUBLISHER.into()));
     server(&mut connection, INFO);
-    let upstream = client(&mut connection, b"CONNECT {\"user\":\"u\",\"pass\":\"secret\",\"auth_token\":\"t\",\"name\":\"app\"}\r\n");
+    let upstream = client(
+        &mut connection,
+        b"CONNECT {\"user\":\"u\",\"pass\":\"secret\",\"auth_token\":\"t\",\"name\":\"app\"}\r\n",
+    );
     assert_eq!(upstream, b"CONNECT {\"name\":\"app\"}\r\n");
 }
 
 #[test]
 fn a_denied_publish_becomes_its_error_in_order_and_the_connection_stays_open() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    let upstream = client(&mut connection, b"PUB billing.admin.x 5\r\nhello\r\nPUB billing.ok 2\r\nhi\r\nPING\r\n");
+    let upstream = client(
+        &mut connection,
+        b"PUB billing.admin.x 5\r\nhello\r\nPUB billing.ok 2\r\nhi\r\nPING\r\n",
+    );
     assert_eq!(upstream, b"PING\r\nPUB billing.ok 2\r\nhi\r\nPING\r\n");
     let (downstream, close) = server(&mut connection, b"PONG\r\nPONG\r\n");
-    assert_eq!(downstream, b"-ERR 'Permissions Violation for Publish to \"billing.admin.x\"'\r\nPONG\r\n");
+    assert_eq!(
+        downstream,
+        b"-ERR 'Permissions Violation for Publish to \"billing.admin.x\"'\r\nPONG\r\n"
+    );
     assert_eq!(close, None);
     let report = connection.take_report();
     assert_eq!(report.counters.publish_denied, 1);
-    assert!(report.events.iter().any(|e| e.kind == EventKind::Deny && e.json.contains("billing.admin.x")));
+    assert!(report
+        .events
+        .iter()
+        .any(|e| e.kind == EventKind::Deny && e.json.contains("billing.admin.x")));
 }
 
 #[test]
 fn a_denied_payload_is_dropped_across_chunks() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    assert_eq!(client(&mut connection, b"PUB secret 10\r\n01234"), b"PING\r\n");
-    assert_eq!(client(&mut connection, b"56789\r\nPUB billing.a 1\r\nx\r\n"), b"PUB billing.a 1\r\nx\r\n");
+    assert_eq!(
+        client(&mut connection, b"PUB secret 10\r\n01234"),
+        b"PING\r\n"
+    );
+    assert_eq!(
+        client(&mut connection, b"56789\r\nPUB billing.a 1\r\nx\r\n"),
+        b"PUB billing.a 1\r\nx\r\n"
+    );
 }
 
 #[test]
 fn a_denied_queue_subscription_uses_the_queue_wording() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    assert_eq!(client(&mut connection, b"SUB jobs.a other 7\r\n"), b"PING\r\n");
+    assert_eq!(
+        client(&mut connection, b"SUB jobs.a other 7\r\n"),
+        b"PING\r\n"
+    );
     let (downstream, _) = server(&mut connection, b"PONG\r\n");
-    assert_eq!(downstream, b"-ERR 'Permissions Violation for Subscription to \"jobs.a\" using queue \"other\"'\r\n");
+    assert_eq!(
+        downstream,
+        b"-ERR 'Permissions Violation for Subscription to \"jobs.a\" using queue \"other\"'\r\n"
+    );
 }
 
 #[test]
 fn deliveries_of_denied_subjects_are_filtered_for_overlapping_wildcards() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
     client(&mut connection, b"SUB billing.* 1\r\n");
-    let (downstream, _) = server(&mut connection, b"MSG billing.secret 1 3\r\nabc\r\nMSG billing.open 1 2\r\nok\r\n");
+    let (downstream, _) = server(
+        &mut connection,
+        b"MSG billing.secret 1 3\r\nabc\r\nMSG billing.open 1 2\r\nok\r\n",
+    );
     assert_eq!(downstream, b"MSG billing.open 1 2\r\nok\r\n");
     // Split inside the filtered payload.
     let (first, _) = server(&mut connection, b"MSG billing.secret 1 4\r\nab");
@@ -130,8 +181,14 @@ fn reply_subjects_of_delivered_messages_become_publishable_once() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
     client(&mut connection, b"SUB billing.rpc 1\r\n");
     server(&mut connection, b"MSG billing.rpc 1 reply.abc 1\r\nq\r\n");
-    assert_eq!(client(&mut connection, b"PUB reply.abc 1\r\nr\r\n"), b"PUB reply.abc 1\r\nr\r\n");
-    assert_eq!(client(&mut connection, b"PUB reply.abc 1\r\nr\r\n"), b"PING\r\n");
+    assert_eq!(
+        client(&mut connection, b"PUB reply.abc 1\r\nr\r\n"),
+        b"PUB reply.abc 1\r\nr\r\n"
+    );
+    assert_eq!(
+        client(&mut connection, b"PUB reply.abc 1\r\nr\r\n"),
+        b"PING\r\n"
+    );
 }
 
 #[test]
@@ -139,9 +196,15 @@ fn frames_before_connect_are_refused_with_authorization_violation() {
     let mut connection = Connection::new(billing_policy());
     connection.set_peer_uri_san(Some(PUBLISHER.into()));
     server(&mut connection, INFO);
-    assert_eq!(client(&mut connection, b"PUB billing.x 1\r\nx\r\nCONNECT {}\r\n"), b"PING\r\n");
+    assert_eq!(
+        client(&mut connection, b"PUB billing.x 1\r\nx\r\nCONNECT {}\r\n"),
+        b"PING\r\n"
+    );
     let (downstream, close) = server(&mut connection, b"PONG\r\n");
-    assert_eq!((downstream, close), (AUTHORIZATION_VIOLATION.to_vec(), Some(Close::AfterWrite)));
+    assert_eq!(
+        (downstream, close),
+        (AUTHORIZATION_VIOLATION.to_vec(), Some(Close::AfterWrite))
+    );
     assert_eq!(client(&mut connection, b"PUB billing.x 1\r\nx\r\n"), b"");
 }
 
@@ -149,16 +212,30 @@ fn frames_before_connect_are_refused_with_authorization_violation() {
 fn identities_that_fail_authentication_are_refused() {
     for (spiffe_id, reason) in [
         (None, "spiffe_missing"),
-        (Some("spiffe://other.example/ns/billing/sa/publisher"), "spiffe_trust_domain"),
-        (Some("spiffe://cluster.local/ns/guest/sa/visitor"), "no_matching_rule"),
+        (
+            Some("spiffe://other.example/ns/billing/sa/publisher"),
+            "spiffe_trust_domain",
+        ),
+        (
+            Some("spiffe://cluster.local/ns/guest/sa/visitor"),
+            "no_matching_rule",
+        ),
         (Some("not a uri"), "spiffe_invalid"),
     ] {
         let mut connection = Connection::new(billing_policy());
         connection.set_peer_uri_san(spiffe_id.map(String::from));
         server(&mut connection, INFO);
-        assert_eq!(client(&mut connection, b"CONNECT {}\r\nPING\r\n"), b"PING\r\n", "{reason}");
+        assert_eq!(
+            client(&mut connection, b"CONNECT {}\r\nPING\r\n"),
+            b"PING\r\n",
+            "{reason}"
+        );
         let (downstream, close) = server(&mut connection, b"PONG\r\n");
-        assert_eq!((downstream, close), (AUTHORIZATION_VIOLATION.to_vec(), Some(Close::AfterWrite)), "{reason}");
+        assert_eq!(
+            (downstream, close),
+            (AUTHORIZATION_VIOLATION.to_vec(), Some(Close::AfterWrite)),
+            "{reason}"
+        );
         let report = connection.take_report();
         assert_eq!(report.events.len(), 1, "{reason}");
         assert_eq!(report.events[0].reason, reason);
@@ -168,16 +245,25 @@ fn identities_that_fail_authentication_are_refused() {
 #[test]
 fn a_second_connect_closes_the_connection() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    assert_eq!(client(&mut connection, b"PING\r\nCONNECT {\"user\":\"x\"}\r\n"), b"PING\r\nPING\r\n");
+    assert_eq!(
+        client(&mut connection, b"PING\r\nCONNECT {\"user\":\"x\"}\r\n"),
+        b"PING\r\nPING\r\n"
+    );
     let (downstream, close) = server(&mut connection, b"PONG\r\nPONG\r\n");
-    assert_eq!(downstream, [&b"PONG\r\n"[..], AUTHORIZATION_VIOLATION].concat());
+    assert_eq!(
+        downstream,
+        [&b"PONG\r\n"[..], AUTHORIZATION_VIOLATION].concat()
+    );
     assert_eq!(close, Some(Close::AfterWrite));
 }
 
 #[test]
 fn protocol_errors_get_the_servers_error_after_earlier_replies() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    assert_eq!(client(&mut connection, b"PING\r\nPUB billing.a 2\r\nhiX\r\n"), b"PING\r\nPUB billing.a 2\r\nhiPING\r\n");
+    assert_eq!(
+        client(&mut connection, b"PING\r\nPUB billing.a 2\r\nhiX\r\n"),
+        b"PING\r\nPUB billing.a 2\r\nhiPING\r\n"
+    );
     // The valid prefix reached the server, whose PONG comes first; ours then carries the error.
     let (downstream, close) = server(&mut connection, b"PONG\r\nPONG\r\n");
     assert_eq!(downstream, b"PONG\r\n-ERR 'Unknown Protocol Operation'\r\n");
@@ -187,17 +273,24 @@ fn protocol_errors_get_the_servers_error_after_earlier_replies() {
 #[test]
 fn lenient_control_lines_are_forwarded_in_canonical_form() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
-    assert_eq!(client(&mut connection, b"pub\tbilling.a  000000002\nhi\r\n"), b"PUB billing.a 2\r\nhi\r\n");
+    assert_eq!(
+        client(&mut connection, b"pub\tbilling.a  000000002\nhi\r\n"),
+        b"PUB billing.a 2\r\nhi\r\n"
+    );
 }
 
 #[test]
 fn a_control_line_split_anywhere_reaches_the_server_whole() {
-    let stream = b"SUB billing.> 1\r\nPUB billing.admin.x 3\r\nabc\r\nPUB billing.y 3\r\nxyz\r\nPING\r\n";
+    let stream =
+        b"SUB billing.> 1\r\nPUB billing.admin.x 3\r\nabc\r\nPUB billing.y 3\r\nxyz\r\nPING\r\n";
     let reference = {
         let mut connection = connected(billing_policy(), Some(PUBLISHER));
         client(&mut connection, stream)
     };
-    assert_eq!(reference, b"SUB billing.> 1\r\nPING\r\nPUB billing.y 3\r\nxyz\r\nPING\r\n");
+    assert_eq!(
+        reference,
+        b"SUB billing.> 1\r\nPING\r\nPUB billing.y 3\r\nxyz\r\nPING\r\n"
+    );
     for first in 0..stream.len() {
         for second in first..stream.len() {
             let mut connection = connected(billing_policy(), Some(PUBLISHER));
@@ -224,7 +317,10 @@ fn server_info_asks_for_a_token_and_hides_cluster_urls() {
     );
     let mut connection = Connection::new(gate);
     let (downstream, _) = server(&mut connection, b"INFO {\"server_id\":\"S\",\"connect_urls\":[\"10.0.0.1:4222\"],\"max_payload\":1024} \r\n");
-    assert_eq!(downstream, b"INFO {\"server_id\":\"S\",\"max_payload\":1024,\"auth_required\":true} \r\n");
+    assert_eq!(
+        downstream,
+        b"INFO {\"server_id\":\"S\",\"max_payload\":1024,\"auth_required\":true} \r\n"
+    );
     assert_eq!(client(&mut connection, b"CONNECT {}\r\n"), b"PING\r\n");
     assert_eq!(connection.take_report().events[0].reason, "jwt_missing");
 }
@@ -233,6 +329,15 @@ fn server_info_asks_for_a_token_and_hides_cluster_urls() {
 fn a_server_that_requires_tls_is_refused() {
     let mut connection = Connection::new(billing_policy());
     let verdict = connection.server_data(b"INFO {\"tls_required\":true} \r\n", NOW);
-    assert_eq!(verdict, Verdict { forward: Forward::Replace(Vec::new()), close: Some(Close::Now) });
-    assert_eq!(connection.take_report().events[0].reason, "server_requires_tls");
+    assert_eq!(
+        verdict,
+        Verdict {
+            forward: Forward::Replace(Vec::new()),
+            close: Some(Close::Now)
+        }
+    );
+    assert_eq!(
+        connection.take_report().events[0].reason,
+        "server_requires_tls"
+    );
 }

@@ -6,7 +6,13 @@ use proxy_wasm::types::{BufferType, Status, StreamType};
 
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_set_buffer_bytes(buffer_type: BufferType, start: usize, size: usize, data: *const u8, data_size: usize) -> Status;
+    fn proxy_set_buffer_bytes(
+        buffer_type: BufferType,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
+    ) -> Status;
     fn proxy_continue_stream(stream_type: StreamType) -> Status;
     fn proxy_close_stream(stream_type: StreamType) -> Status;
 }

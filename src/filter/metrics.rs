@@ -21,7 +21,9 @@ fn add(name: &str, amount: u64) {
         if let Some(id) = ids.get(name) {
             return Some(*id);
         }
-        let id = proxy_wasm::hostcalls::define_metric(MetricType::Counter, &format!("natsguard.{name}")).ok()?;
+        let id =
+            proxy_wasm::hostcalls::define_metric(MetricType::Counter, &format!("natsguard.{name}"))
+                .ok()?;
         ids.insert(name.to_string(), id);
         Some(id)
     });

@@ -58,7 +58,8 @@ fn log(level: LogLevel, message: &str) {
 
 impl Root {
     fn load(&self, configuration: &[u8]) -> Result<Gate, String> {
-        let json = std::str::from_utf8(configuration).map_err(|_| "configuration is not UTF-8".to_string())?;
+        let json = std::str::from_utf8(configuration)
+            .map_err(|_| "configuration is not UTF-8".to_string())?;
         let loaded = policy::load(json).map_err(|error| error.to_string())?;
         for warning in &loaded.warnings {
             log(LogLevel::Warn, &format!("natsguard: {warning}"));
@@ -67,16 +68,27 @@ impl Root {
             .map_err(|issue| format!("identity.{}: {}", issue.path, issue.reason))?;
         let proxy_signer = match loaded.policy.trusted_proxy() {
             None => None,
-            Some(TrustedProxySeed::Seed(seed)) => {
-                Some(ProxySigner::from_seed(seed).map_err(|e| format!("trusted_proxy.seed: {}", e.reason()))?)
-            }
+            Some(TrustedProxySeed::Seed(seed)) => Some(
+                ProxySigner::from_seed(seed)
+                    .map_err(|e| format!("trusted_proxy.seed: {}", e.reason()))?,
+            ),
             Some(TrustedProxySeed::Env(name)) => {
-                let seed = std::env::var(name)
-                    .map_err(|_| format!("trusted_proxy.seed_env: environment variable {name} is not set for the VM"))?;
-                Some(ProxySigner::from_seed(seed.trim()).map_err(|e| format!("trusted_proxy.seed_env: {}", e.reason()))?)
+                let seed = std::env::var(name).map_err(|_| {
+                    format!(
+                        "trusted_proxy.seed_env: environment variable {name} is not set for the VM"
+                    )
+                })?;
+                Some(
+                    ProxySigner::from_seed(seed.trim())
+                        .map_err(|e| format!("trusted_proxy.seed_env: {}", e.reason()))?,
+                )
             }
         };
-        Ok(Gate { policy: loaded.policy, authenticator: RefCell::new(authenticator), proxy_signer })
+        Ok(Gate {
+            policy: loaded.policy,
+            authenticator: RefCell::new(authenticator),
+            proxy_signer,
+        })
     }
 
     fn fetch_due_jwks(&mut self) {
@@ -84,17 +96,32 @@ impl Root {
         let now_secs = now().as_secs();
         let due: Vec<(String, RemoteJwksConfig)> = {
             let authenticator = gate.authenticator.borrow();
-            let sources: BTreeMap<&str, &RemoteJwksConfig> = authenticator.remote_jwks_sources().into_iter().collect();
+            let sources: BTreeMap<&str, &RemoteJwksConfig> =
+                authenticator.remote_jwks_sources().into_iter().collect();
             authenticator
                 .remote_jwks_due(now_secs)
                 .into_iter()
                 .filter(|provider| !self.fetches.values().any(|p| p == provider))
-                .filter_map(|provider| sources.get(provider).map(|source| (provider.to_string(), (*source).clone())))
+                .filter_map(|provider| {
+                    sources
+                        .get(provider)
+                        .map(|source| (provider.to_string(), (*source).clone()))
+                })
                 .collect()
         };
         for (provider, source) in due {
-            let headers = vec![(":method", "GET"), (":path", source.path.as_str()), (":authority", source.authority.as_str())];
-            match self.dispatch_http_call(&source.cluster, headers, None, vec![], JWKS_FETCH_TIMEOUT) {
+            let headers = vec![
+                (":method", "GET"),
+                (":path", source.path.as_str()),
+                (":authority", source.authority.as_str()),
+            ];
+            match self.dispatch_http_call(
+                &source.cluster,
+                headers,
+                None,
+                vec![],
+                JWKS_FETCH_TIMEOUT,
+            ) {
                 Ok(token) => {
                     self.fetches.insert(token, provider);
                 }
@@ -116,7 +143,10 @@ impl Root {
         let live: Vec<(u32, Rc<RefCell<Connection>>)> = CONNECTIONS.with(|connections| {
             let mut connections = connections.borrow_mut();
             connections.retain(|_, weak| weak.strong_count() > 0);
-            connections.iter().filter_map(|(id, weak)| Some((*id, weak.upgrade()?))).collect()
+            connections
+                .iter()
+                .filter_map(|(id, weak)| Some((*id, weak.upgrade()?)))
+                .collect()
         });
         let now = now();
         for (id, connection) in live {
@@ -129,7 +159,9 @@ impl Root {
                 }
             } else if !keys_changed {
                 if let Some(close) = connection.tick(now) {
-                    if proxy_wasm::hostcalls::set_effective_context(id).is_ok() && close == Close::Now {
+                    if proxy_wasm::hostcalls::set_effective_context(id).is_ok()
+                        && close == Close::Now
+                    {
                         let _ = host::close_connection();
                     }
                 }
@@ -149,26 +181,48 @@ fn release_held(verdict: Verdict) {
         .ok()
         .flatten()
         .map_or(0, |held| held.len());
-    if host::replace_buffer(BufferType::DownstreamData, held, &bytes).is_err() || host::resume_client_stream().is_err() {
+    if host::replace_buffer(BufferType::DownstreamData, held, &bytes).is_err()
+        || host::resume_client_stream().is_err()
+    {
         let _ = host::close_connection();
     }
 }
 
 impl Context for Root {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _trailers: usize) {
-        let Some(provider) = self.fetches.remove(&token) else { return };
-        let Some(gate) = self.gate.clone() else { return };
-        let status = self.get_http_call_response_header(":status").unwrap_or_default();
-        let body = self.get_http_call_response_body(0, body_size).unwrap_or_default();
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(provider) = self.fetches.remove(&token) else {
+            return;
+        };
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_default();
+        let body = self
+            .get_http_call_response_body(0, body_size)
+            .unwrap_or_default();
         let result = if status == "200" {
-            gate.authenticator.borrow_mut().update_remote_jwks(&provider, &body, now().as_secs()).map_err(|e| e.to_string())
+            gate.authenticator
+                .borrow_mut()
+                .update_remote_jwks(&provider, &body, now().as_secs())
+                .map_err(|e| e.to_string())
         } else {
             Err(format!("HTTP status {status}"))
         };
         match result {
             Ok(()) => {
                 metrics::count("jwks_refresh_ok");
-                log(LogLevel::Info, &format!("natsguard: JWKS of provider {provider} refreshed"));
+                log(
+                    LogLevel::Info,
+                    &format!("natsguard: JWKS of provider {provider} refreshed"),
+                );
                 self.service_connections(true);
             }
             Err(reason) => {
@@ -190,7 +244,10 @@ impl RootContext for Root {
             }
             Err(reason) => {
                 // Returning false fails the plugin: Envoy refuses traffic on the listener.
-                log(LogLevel::Critical, &format!("natsguard: configuration rejected, refusing to start: {reason}"));
+                log(
+                    LogLevel::Critical,
+                    &format!("natsguard: configuration rejected, refusing to start: {reason}"),
+                );
                 false
             }
         }
@@ -208,8 +265,16 @@ impl RootContext for Root {
     fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
         let gate = Rc::clone(self.gate.as_ref()?);
         let connection = Rc::new(RefCell::new(Connection::new(gate)));
-        CONNECTIONS.with(|connections| connections.borrow_mut().insert(context_id, Rc::downgrade(&connection)));
-        Some(Box::new(Stream { id: context_id, connection, identity_read: false }))
+        CONNECTIONS.with(|connections| {
+            connections
+                .borrow_mut()
+                .insert(context_id, Rc::downgrade(&connection))
+        });
+        Some(Box::new(Stream {
+            id: context_id,
+            connection,
+            identity_read: false,
+        }))
     }
 }
 
@@ -236,7 +301,9 @@ impl Stream {
             (Err(_), _) | (Ok(()), Some(Close::Now)) => {
                 let _ = host::close_connection();
             }
-            (Ok(()), Some(Close::AfterWrite)) => PENDING_CLOSES.with(|closes| closes.borrow_mut().push(self.id)),
+            (Ok(()), Some(Close::AfterWrite)) => {
+                PENDING_CLOSES.with(|closes| closes.borrow_mut().push(self.id))
+            }
             (Ok(()), None) => {}
         }
         action
@@ -249,7 +316,9 @@ impl StreamContext for Stream {
             // The TLS handshake is complete once the client sent bytes (§C1).
             self.identity_read = true;
             let san = self.get_property(vec!["connection", "uri_san_peer_certificate"]);
-            let san = san.and_then(|bytes| String::from_utf8(bytes).ok()).filter(|san| !san.is_empty());
+            let san = san
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .filter(|san| !san.is_empty());
             self.connection.borrow_mut().set_peer_uri_san(san);
         }
         if size == 0 {
@@ -299,8 +368,14 @@ fn record(event: &AuditEvent, connection: &Connection) {
     match event.kind {
         EventKind::ConnectionStart => {
             metrics::count("connections_accepted");
-            let principal = connection.identity().map(|identity| identity.to_string()).unwrap_or_default();
-            let _ = proxy_wasm::hostcalls::set_property(vec!["natsguard_identity"], Some(principal.as_bytes()));
+            let principal = connection
+                .identity()
+                .map(|identity| identity.to_string())
+                .unwrap_or_default();
+            let _ = proxy_wasm::hostcalls::set_property(
+                vec!["natsguard_identity"],
+                Some(principal.as_bytes()),
+            );
             let _ = proxy_wasm::hostcalls::set_property(vec!["natsguard_decision"], Some(b"allow"));
         }
         EventKind::AuthFailure | EventKind::Refused => {
@@ -309,7 +384,10 @@ fn record(event: &AuditEvent, connection: &Connection) {
                 metrics::count_reason("jwt_failures", event.reason);
             }
             let decision = format!("deny:{}", event.reason);
-            let _ = proxy_wasm::hostcalls::set_property(vec!["natsguard_decision"], Some(decision.as_bytes()));
+            let _ = proxy_wasm::hostcalls::set_property(
+                vec!["natsguard_decision"],
+                Some(decision.as_bytes()),
+            );
         }
         EventKind::ProtocolError => metrics::count_reason("protocol_errors", event.reason),
         EventKind::Expired => metrics::count_reason("connections_closed", event.reason),

@@ -45,15 +45,23 @@ pub fn cert_dir() -> PathBuf {
 
 pub fn wasm_module() -> PathBuf {
     let path = repo_root().join("target/wasm32-wasip1/release/natsguard.wasm");
-    assert!(path.exists(), "{} is missing: run `make build` (make test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `make build` (make test does)",
+        path.display()
+    );
     path
 }
 
 /// Free loopback ports, all distinct (the listeners are held until every port is chosen).
 pub fn free_ports(count: usize) -> Vec<u16> {
-    let listeners: Vec<TcpListener> =
-        (0..count).map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0")).collect();
-    listeners.iter().map(|l| l.local_addr().expect("local addr").port()).collect()
+    let listeners: Vec<TcpListener> = (0..count)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    listeners
+        .iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
 }
 
 pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
@@ -63,11 +71,17 @@ pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited ({status}) before listening on {port}:\n{}", read_log(log));
+            panic!(
+                "{what} exited ({status}) before listening on {port}:\n{}",
+                read_log(log)
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    panic!("{what} did not listen on {port} within {START_TIMEOUT:?}:\n{}", read_log(log));
+    panic!(
+        "{what} did not listen on {port} within {START_TIMEOUT:?}:\n{}",
+        read_log(log)
+    );
 }
 
 pub fn read_log(path: &Path) -> String {
@@ -100,15 +114,28 @@ impl NatsServer {
         let port = free_ports(1)[0];
         let log = dir.path().join("nats-server.log");
         let mut command = Command::new(venv_binary("nats-server"));
-        command.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"]).arg(&log);
+        command
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
+            .arg(&log);
         if let Some(body) = config {
             let path = dir.path().join("nats-server.conf");
             std::fs::write(&path, body).expect("write nats-server.conf");
             command.arg("-c").arg(path);
         }
-        let mut child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn nats-server");
+        let mut child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nats-server");
         wait_for_port(port, &mut child, "nats-server", &log);
-        NatsServer { port, dir, process: Process { child, name: "nats-server" } }
+        NatsServer {
+            port,
+            dir,
+            process: Process {
+                child,
+                name: "nats-server",
+            },
+        }
     }
 
     pub fn url(&self) -> String {
@@ -129,7 +156,8 @@ pub struct Identity {
 }
 
 pub fn identities() -> Vec<Identity> {
-    let text = std::fs::read_to_string(repo_root().join("envoy/identities.txt")).expect("identities.txt");
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy/identities.txt")).expect("identities.txt");
     text.lines()
         .filter(|line| !line.trim().is_empty() && !line.starts_with('#'))
         .map(|line| {
@@ -167,7 +195,11 @@ impl Mesh {
         let identities = identities();
         let ports = free_ports(2 + identities.len());
         let (admin_port, inbound_port) = (ports[0], ports[1]);
-        let mut port_map = BTreeMap::from([(ADMIN_PORT, admin_port), (INBOUND_PORT, inbound_port), (NATS_PORT, nats.port)]);
+        let mut port_map = BTreeMap::from([
+            (ADMIN_PORT, admin_port),
+            (INBOUND_PORT, inbound_port),
+            (NATS_PORT, nats.port),
+        ]);
         let mut identity_ports = BTreeMap::new();
         for (identity, port) in identities.iter().zip(&ports[2..]) {
             port_map.insert(identity.default_port, *port);
@@ -182,7 +214,14 @@ impl Mesh {
         let mut child = Command::new(venv_binary("envoy"))
             .arg("-c")
             .arg(&config_path)
-            .args(["--disable-hot-restart", "--concurrency", "1", "--file-flush-interval-msec", "20", "--log-path"])
+            .args([
+                "--disable-hot-restart",
+                "--concurrency",
+                "1",
+                "--file-flush-interval-msec",
+                "20",
+                "--log-path",
+            ])
             .arg(&log)
             .current_dir(repo_root())
             .stdout(stdout)
@@ -192,21 +231,41 @@ impl Mesh {
         wait_for_port(admin_port, &mut child, "envoy", &log);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            if http_get(admin_port, "/ready").map(|body| body.trim() == "LIVE").unwrap_or(false) {
+            if http_get(admin_port, "/ready")
+                .map(|body| body.trim() == "LIVE")
+                .unwrap_or(false)
+            {
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("envoy exited ({status}):\n{}", read_log(&log));
             }
-            assert!(Instant::now() < deadline, "envoy not ready in time:\n{}", read_log(&log));
+            assert!(
+                Instant::now() < deadline,
+                "envoy not ready in time:\n{}",
+                read_log(&log)
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
-        Mesh { nats, admin_port, inbound_port, identity_ports, dir, envoy: Process { child, name: "envoy" } }
+        Mesh {
+            nats,
+            admin_port,
+            inbound_port,
+            identity_ports,
+            dir,
+            envoy: Process {
+                child,
+                name: "envoy",
+            },
+        }
     }
 
     /// The plaintext client-side port that carries the given identity into the mesh.
     pub fn port_of(&self, identity: &str) -> u16 {
-        *self.identity_ports.get(identity).unwrap_or_else(|| panic!("no identity {identity} in envoy/identities.txt"))
+        *self
+            .identity_ports
+            .get(identity)
+            .unwrap_or_else(|| panic!("no identity {identity} in envoy/identities.txt"))
     }
 
     pub fn url_of(&self, identity: &str) -> String {
@@ -238,14 +297,22 @@ impl Mesh {
     }
 
     /// Waits until `predicate` holds for the audit lines (log writes are asynchronous).
-    pub fn wait_for_audit(&self, what: &str, predicate: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    pub fn wait_for_audit(
+        &self,
+        what: &str,
+        predicate: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             let lines = self.audit_lines();
             if predicate(&lines) {
                 return lines;
             }
-            assert!(Instant::now() < deadline, "no audit line for {what}; envoy log:\n{}", self.envoy_log());
+            assert!(
+                Instant::now() < deadline,
+                "no audit line for {what}; envoy log:\n{}",
+                self.envoy_log()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -253,14 +320,27 @@ impl Mesh {
 
 /// `envoy/mesh.yaml` with every known port moved, certificate and module paths made absolute and
 /// natsguard's configuration replaced: the committed harness is what the tests run.
-pub fn render_mesh_config(ports: &BTreeMap<u16, u16>, certs: &Path, wasm: &Path, policy_json: &str) -> String {
-    let text = std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&text).expect("envoy/mesh.yaml is YAML");
+pub fn render_mesh_config(
+    ports: &BTreeMap<u16, u16>,
+    certs: &Path,
+    wasm: &Path,
+    policy_json: &str,
+) -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
+    let mut config: serde_yaml::Value =
+        serde_yaml::from_str(&text).expect("envoy/mesh.yaml is YAML");
     rewrite(&mut config, ports, certs, wasm, policy_json);
     serde_yaml::to_string(&config).expect("serialise envoy config")
 }
 
-fn rewrite(value: &mut serde_yaml::Value, ports: &BTreeMap<u16, u16>, certs: &Path, wasm: &Path, policy: &str) {
+fn rewrite(
+    value: &mut serde_yaml::Value,
+    ports: &BTreeMap<u16, u16>,
+    certs: &Path,
+    wasm: &Path,
+    policy: &str,
+) {
     use serde_yaml::Value;
     match value {
         Value::Mapping(map) => {
@@ -287,7 +367,9 @@ fn rewrite(value: &mut serde_yaml::Value, ports: &BTreeMap<u16, u16>, certs: &Pa
                 }
             }
         }
-        Value::Sequence(items) => items.iter_mut().for_each(|item| rewrite(item, ports, certs, wasm, policy)),
+        Value::Sequence(items) => items
+            .iter_mut()
+            .for_each(|item| rewrite(item, ports, certs, wasm, policy)),
         _ => {}
     }
 }
@@ -297,14 +379,23 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!("GET {path}: {}", head.lines().next().unwrap_or(""))));
+        return Err(std::io::Error::other(format!(
+            "GET {path}: {}",
+            head.lines().next().unwrap_or("")
+        )));
     }
-    if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         return Ok(dechunk(body));
     }
     Ok(body.to_string())
@@ -332,9 +423,14 @@ pub struct RawClient {
 impl RawClient {
     pub fn connect(port: u16) -> RawClient {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        stream.set_read_timeout(Some(Duration::from_millis(100))).expect("read timeout");
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("read timeout");
         stream.set_nodelay(true).expect("nodelay");
-        RawClient { stream, buffered: Vec::new() }
+        RawClient {
+            stream,
+            buffered: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -343,7 +439,11 @@ impl RawClient {
 
     /// Reads until `done` holds for everything received so far, the peer closes, or the timeout.
     /// Returns the bytes and whether the peer closed the connection.
-    pub fn read_until(&mut self, timeout: Duration, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
+    pub fn read_until(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&[u8]) -> bool,
+    ) -> (Vec<u8>, bool) {
         let deadline = Instant::now() + timeout;
         let mut buf = [0u8; 65536];
         let mut closed = false;
@@ -354,7 +454,11 @@ impl RawClient {
                     break;
                 }
                 Ok(n) => self.buffered.extend_from_slice(&buf[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => {
                     closed = true;
                     break;
@@ -367,7 +471,10 @@ impl RawClient {
     /// Reads one line (the INFO the server sends first).
     pub fn read_line(&mut self) -> Vec<u8> {
         let (mut bytes, _) = self.read_until(START_TIMEOUT, |b| b.contains(&b'\n'));
-        let end = bytes.iter().position(|&b| b == b'\n').map_or(bytes.len(), |i| i + 1);
+        let end = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| i + 1);
         self.buffered = bytes.split_off(end);
         bytes
     }
