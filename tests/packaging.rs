@@ -7,11 +7,14 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+mod support;
 
 const ISTIO_CRDS: &str = "istio/schemas/istio-crds-1.28.10.yaml";
 const CORE_SCHEMAS: &str = "istio/schemas/kubernetes-core.yaml";
@@ -40,7 +43,10 @@ fn yaml_documents(relative: &str) -> Vec<Value> {
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
@@ -57,7 +63,13 @@ fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
 fn istio_manifest_files() -> Vec<String> {
     let mut files: Vec<String> = std::fs::read_dir(repo_path("istio"))
         .expect("istio/ exists")
-        .map(|entry| entry.expect("readable istio/ entry").file_name().to_string_lossy().into_owned())
+        .map(|entry| {
+            entry
+                .expect("readable istio/ entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
         .filter(|name| name.ends_with(".yaml") && name != "kustomization.yaml")
         .map(|name| format!("istio/{name}"))
         .collect();
@@ -68,7 +80,11 @@ fn istio_manifest_files() -> Vec<String> {
 fn istio_documents() -> Vec<(String, Value)> {
     istio_manifest_files()
         .into_iter()
-        .flat_map(|file| yaml_documents(&file).into_iter().map(move |doc| (file.clone(), doc)))
+        .flat_map(|file| {
+            yaml_documents(&file)
+                .into_iter()
+                .map(move |doc| (file.clone(), doc))
+        })
         .collect()
 }
 
@@ -84,9 +100,15 @@ fn find_kind<'a>(documents: &'a [(String, Value)], kind: &str, name: &str) -> &'
 /// allows them: close every object schema that lists its properties, except those Kubernetes
 /// itself marks as open.
 fn close_object_schemas(schema: &mut Value) {
-    let Some(object) = schema.as_object_mut() else { return };
-    let preserves_unknown = object.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if object.contains_key("properties") && !object.contains_key("additionalProperties") && !preserves_unknown {
+    let Some(object) = schema.as_object_mut() else {
+        return;
+    };
+    let preserves_unknown =
+        object.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+    if object.contains_key("properties")
+        && !object.contains_key("additionalProperties")
+        && !preserves_unknown
+    {
         object.insert("additionalProperties".into(), Value::Bool(false));
     }
     if let Some(Value::Object(properties)) = object.get_mut("properties") {
@@ -115,10 +137,15 @@ fn manifest_schemas() -> HashMap<String, Value> {
                 .clone();
             let mut document = serde_json::json!({"type": "object", "properties": {"spec": spec}});
             close_object_schemas(&mut document);
-            schemas.insert(format!("{group}/{}/{kind}", str_at(version, "/name")), document);
+            schemas.insert(
+                format!("{group}/{}/{kind}", str_at(version, "/name")),
+                document,
+            );
         }
     }
-    let core = yaml_documents(CORE_SCHEMAS).pop().expect("core schemas document");
+    let core = yaml_documents(CORE_SCHEMAS)
+        .pop()
+        .expect("core schemas document");
     for (key, schema) in core["kinds"].as_object().expect("kinds map") {
         let mut schema = schema.clone();
         close_object_schemas(&mut schema);
@@ -135,7 +162,8 @@ fn metadata_violations(doc: &Value) -> Vec<String> {
     let is_dns_label = |s: &str| {
         !s.is_empty()
             && s.len() <= 63
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
             && !s.starts_with('-')
             && !s.ends_with('-')
     };
@@ -143,13 +171,19 @@ fn metadata_violations(doc: &Value) -> Vec<String> {
         Some(name) if is_dns_label(name) => {}
         other => violations.push(format!("metadata.name {other:?} is not a DNS label")),
     }
-    let cluster_scoped = doc["kind"].as_str().is_some_and(|kind| CLUSTER_SCOPED_KINDS.contains(&kind));
+    let cluster_scoped = doc["kind"]
+        .as_str()
+        .is_some_and(|kind| CLUSTER_SCOPED_KINDS.contains(&kind));
     match (cluster_scoped, metadata.get("namespace")) {
         (true, Some(_)) => violations.push("cluster-scoped kind with metadata.namespace".into()),
         (false, None) => violations.push("namespaced kind without metadata.namespace".into()),
         _ => {}
     }
-    for key in metadata.as_object().map(|m| m.keys().collect::<Vec<_>>()).unwrap_or_default() {
+    for key in metadata
+        .as_object()
+        .map(|m| m.keys().collect::<Vec<_>>())
+        .unwrap_or_default()
+    {
         if !["name", "namespace", "labels", "annotations"].contains(&key.as_str()) {
             violations.push(format!("unexpected metadata.{key}"));
         }
@@ -162,17 +196,27 @@ fn every_istio_manifest_matches_its_schema() {
     let schemas = manifest_schemas();
     let mut violations = Vec::new();
     let documents = istio_documents();
-    assert!(documents.len() >= 10, "expected the full set of manifests, found {}", documents.len());
+    assert!(
+        documents.len() >= 10,
+        "expected the full set of manifests, found {}",
+        documents.len()
+    );
     for (file, doc) in &documents {
         let api_version = doc["apiVersion"].as_str().unwrap_or_default();
         let kind = doc["kind"].as_str().unwrap_or_default();
         let key = format!("{api_version}/{kind}");
         let place = format!("{file}: {kind} {}", doc["metadata"]["name"]);
         let Some(schema) = schemas.get(&key) else {
-            violations.push(format!("{place}: no schema for {key} (unknown kind or version not served)"));
+            violations.push(format!(
+                "{place}: no schema for {key} (unknown kind or version not served)"
+            ));
             continue;
         };
-        violations.extend(metadata_violations(doc).into_iter().map(|v| format!("{place}: {v}")));
+        violations.extend(
+            metadata_violations(doc)
+                .into_iter()
+                .map(|v| format!("{place}: {v}")),
+        );
         let mut body = doc.clone();
         if let Some(object) = body.as_object_mut() {
             for key in ["apiVersion", "kind", "metadata"] {
@@ -184,17 +228,26 @@ fn every_istio_manifest_matches_its_schema() {
             .build(schema)
             .unwrap_or_else(|e| panic!("schema for {key} does not compile: {e}"));
         violations.extend(
-            validator.iter_errors(&body).map(|error| format!("{place}: at {}: {error}", error.instance_path())),
+            validator
+                .iter_errors(&body)
+                .map(|error| format!("{place}: at {}: {error}", error.instance_path())),
         );
     }
-    assert!(violations.is_empty(), "schema violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "schema violations:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
 fn schema_check_rejects_misspelt_and_mistyped_fields() {
     let schemas = manifest_schemas();
     let wasm_plugin = &schemas["extensions.istio.io/v1alpha1/WasmPlugin"];
-    let validator = jsonschema::draft4::options().should_validate_formats(false).build(wasm_plugin).unwrap();
+    let validator = jsonschema::draft4::options()
+        .should_validate_formats(false)
+        .build(wasm_plugin)
+        .unwrap();
     let good = serde_json::json!({"spec": {"type": "NETWORK", "url": "oci://r/x:1", "failStrategy": "FAIL_CLOSE"}});
     assert!(validator.is_valid(&good));
     for bad in [
@@ -209,7 +262,9 @@ fn schema_check_rejects_misspelt_and_mistyped_fields() {
 
 #[test]
 fn kustomization_lists_every_manifest() {
-    let kustomization = yaml_documents("istio/kustomization.yaml").pop().expect("kustomization");
+    let kustomization = yaml_documents("istio/kustomization.yaml")
+        .pop()
+        .expect("kustomization");
     let resources: BTreeSet<String> = kustomization["resources"]
         .as_array()
         .expect("resources list")
@@ -217,7 +272,10 @@ fn kustomization_lists_every_manifest() {
         .map(|r| format!("istio/{}", r.as_str().expect("resource path")))
         .collect();
     let manifests: BTreeSet<String> = istio_manifest_files().into_iter().collect();
-    assert_eq!(resources, manifests, "kustomization resources vs manifests in istio/");
+    assert_eq!(
+        resources, manifests,
+        "kustomization resources vs manifests in istio/"
+    );
 }
 
 fn plugin_config(documents: &[(String, Value)]) -> &Value {
@@ -241,9 +299,15 @@ fn istio_manifests_are_wired_together() {
         &find_kind(&documents, "Telemetry", "nats-access-log")["spec"]["selector"],
         &deployment["spec"]["selector"],
     ] {
-        assert!(selects_nats(selector), "{selector} does not select the nats pod {pod_labels}");
+        assert!(
+            selects_nats(selector),
+            "{selector} does not select the nats pod {pod_labels}"
+        );
     }
-    assert_eq!(find_kind(&documents, "PeerAuthentication", "nats-strict-mtls")["spec"]["mtls"]["mode"], "STRICT");
+    assert_eq!(
+        find_kind(&documents, "PeerAuthentication", "nats-strict-mtls")["spec"]["mtls"]["mode"],
+        "STRICT"
+    );
 
     // The plugin sits on the port nats-server binds; the Service declares that port as TCP.
     let spec = &plugin["spec"];
@@ -252,13 +316,26 @@ fn istio_manifests_are_wired_together() {
     assert_eq!(spec["failStrategy"], "FAIL_CLOSE");
     assert!(str_at(spec, "/url").starts_with("oci://"));
     let sha256 = str_at(spec, "/sha256");
-    assert!(sha256.len() == 64 && sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
-    assert_eq!(spec["match"], serde_json::json!([{"mode": "SERVER", "ports": [{"number": 4222}]}]));
+    assert!(
+        sha256.len() == 64
+            && sha256
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    );
+    assert_eq!(
+        spec["match"],
+        serde_json::json!([{"mode": "SERVER", "ports": [{"number": 4222}]}])
+    );
     let containers = pod["spec"]["containers"].as_array().expect("containers");
-    let nats = containers.iter().find(|c| c["name"] == "nats").expect("nats container");
+    let nats = containers
+        .iter()
+        .find(|c| c["name"] == "nats")
+        .expect("nats container");
     assert_eq!(nats["ports"][0]["containerPort"], 4222);
     let service = find_kind(&documents, "Service", "nats");
-    assert!(selects_nats(&serde_json::json!({"matchLabels": service["spec"]["selector"]})));
+    assert!(selects_nats(
+        &serde_json::json!({"matchLabels": service["spec"]["selector"]})
+    ));
     let client_port = &service["spec"]["ports"][0];
     assert_eq!(client_port["name"], "tcp-client");
     assert_eq!(client_port["appProtocol"], "tcp");
@@ -266,7 +343,9 @@ fn istio_manifests_are_wired_together() {
 
     // Every remote JWKS cluster is the outbound cluster of a ServiceEntry whose host gets TLS.
     let config = plugin_config(&documents);
-    let providers = config["identity"]["jwt"]["providers"].as_array().expect("providers");
+    let providers = config["identity"]["jwt"]["providers"]
+        .as_array()
+        .expect("providers");
     assert!(!providers.is_empty());
     for provider in providers {
         let cluster = str_at(provider, "/remote_jwks/cluster");
@@ -277,36 +356,63 @@ fn istio_manifests_are_wired_together() {
         assert_eq!(str_at(provider, "/remote_jwks/authority"), host);
         let entry_serves = documents.iter().any(|(_, doc)| {
             doc["kind"] == "ServiceEntry"
-                && doc["spec"]["hosts"].as_array().is_some_and(|h| h.iter().any(|x| x == host))
-                && doc["spec"]["ports"].as_array().is_some_and(|p| p.iter().any(|x| x["number"].to_string() == port))
+                && doc["spec"]["hosts"]
+                    .as_array()
+                    .is_some_and(|h| h.iter().any(|x| x == host))
+                && doc["spec"]["ports"]
+                    .as_array()
+                    .is_some_and(|p| p.iter().any(|x| x["number"].to_string() == port))
         });
         assert!(entry_serves, "no ServiceEntry for {host}:{port}");
         let tls_originated = documents.iter().any(|(_, doc)| {
             doc["kind"] == "DestinationRule"
                 && doc["spec"]["host"] == host
-                && doc["spec"]["trafficPolicy"]["portLevelSettings"].as_array().is_some_and(|settings| {
-                    settings.iter().any(|s| s["port"]["number"].to_string() == port && s["tls"]["mode"] == "SIMPLE")
-                })
+                && doc["spec"]["trafficPolicy"]["portLevelSettings"]
+                    .as_array()
+                    .is_some_and(|settings| {
+                        settings.iter().any(|s| {
+                            s["port"]["number"].to_string() == port && s["tls"]["mode"] == "SIMPLE"
+                        })
+                    })
         });
-        assert!(tls_originated, "no DestinationRule with tls SIMPLE for {host}:{port}");
+        assert!(
+            tls_originated,
+            "no DestinationRule with tls SIMPLE for {host}:{port}"
+        );
     }
 
     // The trusted-proxy seed travels Secret -> istio-proxy env -> vmConfig.env (HOST) -> seed_env.
     let seed_env = str_at(config, "/trusted_proxy/seed_env");
     let vm_env = spec["vmConfig"]["env"].as_array().expect("vmConfig.env");
-    assert!(vm_env.iter().any(|e| e["name"] == seed_env && e["valueFrom"] == "HOST"));
-    let sidecar = containers.iter().find(|c| c["name"] == "istio-proxy").expect("istio-proxy override");
-    assert!(sidecar["env"].as_array().is_some_and(|env| env.iter().any(|e| e["name"] == seed_env)));
+    assert!(vm_env
+        .iter()
+        .any(|e| e["name"] == seed_env && e["valueFrom"] == "HOST"));
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "istio-proxy")
+        .expect("istio-proxy override");
+    assert!(sidecar["env"]
+        .as_array()
+        .is_some_and(|env| env.iter().any(|e| e["name"] == seed_env)));
 
     // nats-server accepts exactly natsguard's upstream credentials, and only through the proxy.
-    let nats_conf = str_at(find_kind(&documents, "ConfigMap", "nats-config"), "/data/nats.conf");
+    let nats_conf = str_at(
+        find_kind(&documents, "ConfigMap", "nats-config"),
+        "/data/nats.conf",
+    );
     let user_line = format!(
         "{{ user: {}, password: {}, proxy_required: true }}",
         str_at(config, "/upstream/user"),
         str_at(config, "/upstream/pass")
     );
-    assert!(nats_conf.contains(&user_line), "nats.conf lacks `{user_line}`");
-    assert!(nats_conf.contains("proxies {"), "nats.conf does not trust natsguard's proxy key");
+    assert!(
+        nats_conf.contains(&user_line),
+        "nats.conf lacks `{user_line}`"
+    );
+    assert!(
+        nats_conf.contains("proxies {"),
+        "nats.conf does not trust natsguard's proxy key"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -325,7 +431,10 @@ fn wasm_filter_config(envoy_config: &Value) -> &Value {
 
 fn embedded_natsguard_config(envoy_config: &Value) -> Value {
     let configuration = &wasm_filter_config(envoy_config)["configuration"];
-    assert_eq!(configuration["@type"], "type.googleapis.com/google.protobuf.StringValue");
+    assert_eq!(
+        configuration["@type"],
+        "type.googleapis.com/google.protobuf.StringValue"
+    );
     serde_json::from_str(str_at(configuration, "/value")).expect("natsguard configuration is JSON")
 }
 
@@ -336,20 +445,43 @@ fn standalone_envoy_configs_wire_natsguard() {
         let wasm = wasm_filter_config(&envoy_config);
         assert_eq!(wasm["root_id"], "natsguard", "{file}");
         assert_eq!(wasm["failure_policy"], "FAIL_RELOAD", "{file}");
-        assert_eq!(wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8", "{file}");
-        assert_eq!(str_at(wasm, "/vm_config/code/local/filename"), WASM_MODULE, "{file}");
+        assert_eq!(
+            wasm["vm_config"]["runtime"], "envoy.wasm.runtime.v8",
+            "{file}"
+        );
+        assert_eq!(
+            str_at(wasm, "/vm_config/code/local/filename"),
+            WASM_MODULE,
+            "{file}"
+        );
 
         let config = embedded_natsguard_config(&envoy_config);
         let seed_env = str_at(&config, "/trusted_proxy/seed_env");
         let host_env = &wasm["vm_config"]["environment_variables"]["host_env_keys"];
-        assert!(host_env.as_array().is_some_and(|keys| keys.iter().any(|k| k == seed_env)), "{file}");
+        assert!(
+            host_env
+                .as_array()
+                .is_some_and(|keys| keys.iter().any(|k| k == seed_env)),
+            "{file}"
+        );
 
-        let clusters = envoy_config["static_resources"]["clusters"].as_array().expect("clusters");
-        for provider in config["identity"]["jwt"]["providers"].as_array().expect("providers") {
+        let clusters = envoy_config["static_resources"]["clusters"]
+            .as_array()
+            .expect("clusters");
+        for provider in config["identity"]["jwt"]["providers"]
+            .as_array()
+            .expect("providers")
+        {
             let cluster_name = str_at(provider, "/remote_jwks/cluster");
-            let cluster = clusters.iter().find(|c| c["name"] == cluster_name).expect("JWKS cluster exists");
+            let cluster = clusters
+                .iter()
+                .find(|c| c["name"] == cluster_name)
+                .expect("JWKS cluster exists");
             let tls = &cluster["transport_socket"]["typed_config"];
-            assert_eq!(tls["sni"], provider["remote_jwks"]["authority"], "{file}: JWKS over TLS to the IdP");
+            assert_eq!(
+                tls["sni"], provider["remote_jwks"]["authority"],
+                "{file}: JWKS over TLS to the IdP"
+            );
         }
 
         let tls_context = envoy_config
@@ -357,12 +489,25 @@ fn standalone_envoy_configs_wire_natsguard() {
             .expect("TLS listener");
         let spiffe_required = config["identity"]["spiffe"]["required"] == true;
         let jwt_required = config["identity"]["jwt"]["required"] == true;
-        assert!(spiffe_required || jwt_required, "{file}: some identity must be required");
-        assert_eq!(tls_context["require_client_certificate"] == true, spiffe_required, "{file}");
+        assert!(
+            spiffe_required || jwt_required,
+            "{file}: some identity must be required"
+        );
+        assert_eq!(
+            tls_context["require_client_certificate"] == true,
+            spiffe_required,
+            "{file}"
+        );
 
         let text = read_text(file);
-        for filter_state in ["wasm.natsguard_identity:PLAIN", "wasm.natsguard_decision:PLAIN"] {
-            assert!(text.contains(&format!("%FILTER_STATE({filter_state})%")), "{file}: access log lacks {filter_state}");
+        for filter_state in [
+            "wasm.natsguard_identity:PLAIN",
+            "wasm.natsguard_decision:PLAIN",
+        ] {
+            assert!(
+                text.contains(&format!("%FILTER_STATE({filter_state})%")),
+                "{file}: access log lacks {filter_state}"
+            );
         }
         for path in relative_file_paths(&envoy_config) {
             assert!(
@@ -391,6 +536,50 @@ fn relative_file_paths(value: &Value) -> Vec<String> {
     }
 }
 
+/// A seed from nats-server's tests (server/auth_callout_test.go): any valid seed will do here.
+const TEST_PROXY_SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
+const ENVOY_VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Envoy loads each standalone config for real, from the repository root as docs/envoy.md runs it:
+/// `--mode validate` reads the certificates and instantiates the module, whose on_configure parses
+/// the embedded configuration. Needs the module (`make build`), like the mesh tests.
+#[test]
+fn envoy_accepts_the_standalone_configs_with_the_built_module() {
+    let envoy = support::venv_binary("envoy");
+    support::cert_dir();
+    support::wasm_module();
+    let logs = tempfile::tempdir().unwrap();
+    for file in STANDALONE_CONFIGS {
+        let log = logs.path().join(file.replace('/', "_"));
+        let mut child = Command::new(&envoy)
+            .args(["--mode", "validate", "--config-path", file, "--log-path"])
+            .arg(&log)
+            .current_dir(repo_path(""))
+            .env("NATSGUARD_PROXY_SEED", TEST_PROXY_SEED)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("envoy starts");
+        let deadline = Instant::now() + ENVOY_VALIDATE_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for envoy") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("{file}: envoy --mode validate did not finish within {ENVOY_VALIDATE_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        assert!(
+            status.success(),
+            "{file}: Envoy refuses it:\n{}",
+            support::read_log(&log)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // OCI image
 
@@ -408,13 +597,21 @@ fn run_oci_script(wasm: &Path, out: &Path, tag: &str) -> OciRun {
         .args([wasm.as_os_str(), out.as_os_str(), tag.as_ref()])
         .output()
         .expect("bash runs");
-    assert!(output.status.success(), "oci-image.sh failed: {}", String::from_utf8_lossy(&output.stderr));
-    OciRun { layout: out.to_path_buf(), stdout: String::from_utf8_lossy(&output.stdout).into_owned() }
+    assert!(
+        output.status.success(),
+        "oci-image.sh failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    OciRun {
+        layout: out.to_path_buf(),
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
 }
 
 impl OciRun {
     fn json(&self, relative: &str) -> Value {
-        serde_json::from_slice(&std::fs::read(self.layout.join(relative)).expect(relative)).expect(relative)
+        serde_json::from_slice(&std::fs::read(self.layout.join(relative)).expect(relative))
+            .expect(relative)
     }
 
     /// Reads a blob named by a descriptor and checks the descriptor's digest and size.
@@ -423,7 +620,11 @@ impl OciRun {
         let hex = digest.strip_prefix("sha256:").expect("sha256 digest");
         let bytes = std::fs::read(self.layout.join("blobs/sha256").join(hex)).expect("blob exists");
         assert_eq!(sha256_hex(&bytes), hex, "blob content matches its digest");
-        assert_eq!(descriptor["size"].as_u64(), Some(bytes.len() as u64), "descriptor size of {digest}");
+        assert_eq!(
+            descriptor["size"].as_u64(),
+            Some(bytes.len() as u64),
+            "descriptor size of {digest}"
+        );
         bytes
     }
 }
@@ -431,8 +632,8 @@ impl OciRun {
 fn gunzip(bytes: &[u8]) -> Vec<u8> {
     let mut child = Command::new("gzip")
         .arg("-dc")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("gzip runs");
     let mut stdin = child.stdin.take().expect("stdin");
@@ -451,7 +652,10 @@ fn tar_entries(tar: &[u8]) -> Vec<(String, Vec<u8>)> {
     while offset + 512 <= tar.len() && tar[offset..offset + 512].iter().any(|&b| b != 0) {
         let header = &tar[offset..offset + 512];
         let field = |range: std::ops::Range<usize>| {
-            String::from_utf8_lossy(&header[range]).trim_end_matches('\0').trim().to_string()
+            String::from_utf8_lossy(&header[range])
+                .trim_end_matches('\0')
+                .trim()
+                .to_string()
         };
         let name = field(0..100);
         let size = usize::from_str_radix(&field(124..136), 8).expect("octal size");
@@ -470,42 +674,106 @@ fn oci_image_layout_is_a_valid_compat_wasm_image() {
     std::fs::write(&wasm, TINY_WASM).unwrap();
     let image = run_oci_script(&wasm, &temp.path().join("image"), "v1.2.3");
 
-    assert_eq!(image.json("oci-layout"), serde_json::json!({"imageLayoutVersion": "1.0.0"}));
+    assert_eq!(
+        image.json("oci-layout"),
+        serde_json::json!({"imageLayoutVersion": "1.0.0"})
+    );
     let index = image.json("index.json");
     assert_eq!(index["schemaVersion"], 2);
     let manifests = index["manifests"].as_array().expect("manifests");
     assert_eq!(manifests.len(), 1);
     let manifest_descriptor = &manifests[0];
-    assert_eq!(manifest_descriptor["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-    assert_eq!(manifest_descriptor["annotations"]["org.opencontainers.image.ref.name"], "v1.2.3");
+    assert_eq!(
+        manifest_descriptor["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest_descriptor["annotations"]["org.opencontainers.image.ref.name"],
+        "v1.2.3"
+    );
 
     let manifest: Value = serde_json::from_slice(&image.blob(manifest_descriptor)).unwrap();
     assert_eq!(manifest["schemaVersion"], 2);
-    assert_eq!(manifest["mediaType"], "application/vnd.oci.image.manifest.v1+json");
-    assert_eq!(manifest["annotations"]["module.wasm.image/variant"], "compat");
-    assert_eq!(manifest["config"]["mediaType"], "application/vnd.oci.image.config.v1+json");
+    assert_eq!(
+        manifest["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        manifest["annotations"]["module.wasm.image/variant"],
+        "compat"
+    );
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
     let layers = manifest["layers"].as_array().expect("layers");
     assert_eq!(layers.len(), 1, "compat variant: exactly one layer");
-    assert_eq!(layers[0]["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip");
+    assert_eq!(
+        layers[0]["mediaType"],
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    );
 
     let tar = gunzip(&image.blob(&layers[0]));
-    assert_eq!(tar_entries(&tar), vec![("plugin.wasm".to_string(), TINY_WASM.to_vec())]);
+    assert_eq!(
+        tar_entries(&tar),
+        vec![("plugin.wasm".to_string(), TINY_WASM.to_vec())]
+    );
 
     let config: Value = serde_json::from_slice(&image.blob(&manifest["config"])).unwrap();
     assert_eq!(config["architecture"], "wasm");
     assert_eq!(config["os"], "wasip1");
     assert_eq!(config["rootfs"]["type"], "layers");
-    assert_eq!(config["rootfs"]["diff_ids"], serde_json::json!([format!("sha256:{}", sha256_hex(&tar))]));
+    assert_eq!(
+        config["rootfs"]["diff_ids"],
+        serde_json::json!([format!("sha256:{}", sha256_hex(&tar))])
+    );
 
-    let blobs = std::fs::read_dir(image.layout.join("blobs/sha256")).unwrap().count();
+    let blobs = std::fs::read_dir(image.layout.join("blobs/sha256"))
+        .unwrap()
+        .count();
     assert_eq!(blobs, 3, "manifest, config and layer, nothing else");
     let manifest_digest = str_at(manifest_descriptor, "/digest");
-    assert!(image.stdout.contains(&format!("manifest digest: {manifest_digest}\n")), "{}", image.stdout);
-    assert!(image.stdout.contains(&format!("wasm sha256: {}\n", sha256_hex(TINY_WASM))), "{}", image.stdout);
+    assert!(
+        image
+            .stdout
+            .contains(&format!("manifest digest: {manifest_digest}\n")),
+        "{}",
+        image.stdout
+    );
+    assert!(
+        image
+            .stdout
+            .contains(&format!("wasm sha256: {}\n", sha256_hex(TINY_WASM))),
+        "{}",
+        image.stdout
+    );
+
+    // An independent OCI implementation reads it the same way, where one is installed (Debian's
+    // skopeo; the checks above stand on their own without it).
+    if let Ok(inspect) = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:v1.2.3", image.layout.display()))
+        .output()
+    {
+        assert!(
+            inspect.status.success(),
+            "skopeo inspect: {}",
+            String::from_utf8_lossy(&inspect.stderr)
+        );
+        let inspected: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(inspected["Digest"], manifest_descriptor["digest"]);
+        assert_eq!(
+            inspected["Layers"],
+            serde_json::json!([layers[0]["digest"]])
+        );
+    }
 
     // Reproducible: the same module gives the same manifest digest (what a WasmPlugin pins).
     let again = run_oci_script(&wasm, &temp.path().join("again"), "v1.2.3");
-    assert_eq!(again.json("index.json")["manifests"][0]["digest"], manifest_descriptor["digest"]);
+    assert_eq!(
+        again.json("index.json")["manifests"][0]["digest"],
+        manifest_descriptor["digest"]
+    );
 }
 
 #[test]
@@ -544,7 +812,10 @@ fn named_paths(document: &str, markdown: &str) -> Vec<(String, String)> {
     let mut candidates = Vec::new();
     for (index, span) in markdown.split('`').enumerate() {
         if index % 2 == 1 {
-            candidates.extend(span.split_whitespace().map(|word| (word.to_string(), clean_path_word(word))));
+            candidates.extend(
+                span.split_whitespace()
+                    .map(|word| (word.to_string(), clean_path_word(word))),
+            );
         }
     }
     for target in markdown.split("](").skip(1) {
@@ -561,7 +832,9 @@ fn named_paths(document: &str, markdown: &str) -> Vec<(String, String)> {
 }
 
 fn clean_path_word(word: &str) -> String {
-    let word = word.trim_end_matches([',', '.', ':', ';', ')', '"', '\'']).trim_start_matches(['(', '"', '\'']);
+    let word = word
+        .trim_end_matches([',', '.', ':', ';', ')', '"', '\''])
+        .trim_start_matches(['(', '"', '\'']);
     word.split('#').next().unwrap_or_default().to_string()
 }
 
@@ -577,7 +850,11 @@ fn normalize(path: &Path) -> String {
             part => parts.push(part),
         }
     }
-    let trailing_slash = if path.to_str().is_some_and(|p| p.ends_with('/')) { "/" } else { "" };
+    let trailing_slash = if path.to_str().is_some_and(|p| p.ends_with('/')) {
+        "/"
+    } else {
+        ""
+    };
     format!("{}{trailing_slash}", parts.join("/"))
 }
 
@@ -614,7 +891,9 @@ fn docs_name_only_existing_repository_paths() {
     for document in &documents {
         for (written, path) in named_paths(document, &read_text(document)) {
             if !looks_like_repository_path(&path, &top_level)
-                || generated.iter().any(|prefix| path.starts_with(prefix.as_str()))
+                || generated
+                    .iter()
+                    .any(|prefix| path.starts_with(prefix.as_str()))
             {
                 continue;
             }
@@ -624,8 +903,15 @@ fn docs_name_only_existing_repository_paths() {
             }
         }
     }
-    assert!(checked >= 20, "expected the docs to name repository paths, checked only {checked}");
-    assert!(missing.is_empty(), "paths named in the docs that do not exist:\n{}", missing.join("\n"));
+    assert!(
+        checked >= 20,
+        "expected the docs to name repository paths, checked only {checked}"
+    );
+    assert!(
+        missing.is_empty(),
+        "paths named in the docs that do not exist:\n{}",
+        missing.join("\n")
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -634,7 +920,10 @@ fn docs_name_only_existing_repository_paths() {
 /// Every natsguard configuration shipped in istio/ and envoy/standalone*.yaml, with its origin.
 fn shipped_natsguard_configs() -> Vec<(String, Value)> {
     let documents = istio_documents();
-    let mut configs = vec![("istio/wasmplugin.yaml pluginConfig".to_string(), plugin_config(&documents).clone())];
+    let mut configs = vec![(
+        "istio/wasmplugin.yaml pluginConfig".to_string(),
+        plugin_config(&documents).clone(),
+    )];
     for file in STANDALONE_CONFIGS {
         let envoy_config = yaml_documents(file).pop().expect("one document");
         configs.push((file.to_string(), embedded_natsguard_config(&envoy_config)));
@@ -645,9 +934,14 @@ fn shipped_natsguard_configs() -> Vec<(String, Value)> {
 #[test]
 fn shipped_configs_load_with_the_filters_parser_without_warnings() {
     for (origin, config) in shipped_natsguard_configs() {
-        let loaded = natsguard::policy::load(&config.to_string())
-            .unwrap_or_else(|error| panic!("{origin}: natsguard rejects its configuration: {error}"));
-        assert!(loaded.warnings.is_empty(), "{origin}: {:?}", loaded.warnings);
+        let loaded = natsguard::policy::load(&config.to_string()).unwrap_or_else(|error| {
+            panic!("{origin}: natsguard rejects its configuration: {error}")
+        });
+        assert!(
+            loaded.warnings.is_empty(),
+            "{origin}: {:?}",
+            loaded.warnings
+        );
     }
 }
 
@@ -656,7 +950,10 @@ fn a_broken_shipped_config_is_rejected_with_its_json_path() {
     let (_, mut config) = shipped_natsguard_configs().swap_remove(0);
     config["rules"][2]["permissions"]["publish"]["alow"] = serde_json::json!(["x"]);
     let error = natsguard::policy::load(&config.to_string()).expect_err("unknown field");
-    assert!(error.path.starts_with("rules[2].permissions.publish"), "{error}");
+    assert!(
+        error.path.starts_with("rules[2].permissions.publish"),
+        "{error}"
+    );
 }
 
 /// The ```json blocks of a Markdown document.
@@ -666,7 +963,8 @@ fn json_blocks(markdown: &str) -> Vec<Value> {
         .skip(1)
         .map(|rest| {
             let block = &rest[..rest.find("```").expect("closed code block")];
-            serde_json::from_str(block).unwrap_or_else(|e| panic!("invalid JSON block ({e}):\n{block}"))
+            serde_json::from_str(block)
+                .unwrap_or_else(|e| panic!("invalid JSON block ({e}):\n{block}"))
         })
         .collect()
 }
@@ -676,14 +974,26 @@ fn configuration_examples_in_the_docs_load_with_the_filters_parser() {
     // A whole configuration loads as is; provider and rule fragments (idp-recipes.md) load inside
     // a configuration holding every provider of their document.
     let mut loaded = 0;
-    for document in ["docs/migration.md", "docs/idp-recipes.md", "docs/envoy.md", "docs/istio.md"] {
+    for document in [
+        "docs/migration.md",
+        "docs/idp-recipes.md",
+        "docs/envoy.md",
+        "docs/istio.md",
+    ] {
         let blocks = json_blocks(&read_text(document));
-        let providers: Vec<&Value> = blocks.iter().filter(|b| b.get("issuer").is_some()).collect();
+        let providers: Vec<&Value> = blocks
+            .iter()
+            .filter(|b| b.get("issuer").is_some())
+            .collect();
         for block in &blocks {
             let config = if block.get("rules").is_some() || block.get("identity").is_some() {
                 block.clone()
             } else {
-                let rules = if block.get("permissions").is_some() { vec![block.clone()] } else { vec![] };
+                let rules = if block.get("permissions").is_some() {
+                    vec![block.clone()]
+                } else {
+                    vec![]
+                };
                 serde_json::json!({
                     "identity": {"jwt": {"required": true, "providers": providers}},
                     "rules": rules,
@@ -694,5 +1004,8 @@ fn configuration_examples_in_the_docs_load_with_the_filters_parser() {
             loaded += 1;
         }
     }
-    assert!(loaded >= 9, "expected the docs' configuration examples, loaded {loaded}");
+    assert!(
+        loaded >= 9,
+        "expected the docs' configuration examples, loaded {loaded}"
+    );
 }
