@@ -22,7 +22,7 @@ pub struct JwksError {
 }
 
 impl JwksError {
-    fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(path: impl Into<String>, reason: impl Into<String>) -> Self {
         JwksError {
             path: path.into(),
             reason: reason.into(),

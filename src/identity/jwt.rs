@@ -101,21 +101,19 @@ impl JwtVerifier {
             .find(|provider| provider.name == name && provider.remote.is_some())
             .ok_or_else(|| JwksError::unknown_provider(name))?;
         if jwks_json.len() > MAX_JWKS_BYTES {
-            return Err(JwksError {
-                path: String::new(),
-                reason: format!("larger than {MAX_JWKS_BYTES} bytes"),
-            });
+            return Err(JwksError::new(
+                "",
+                format!("larger than {MAX_JWKS_BYTES} bytes"),
+            ));
         }
-        let document: Value = serde_json::from_slice(jwks_json).map_err(|error| JwksError {
-            path: String::new(),
-            reason: format!("not JSON: {error}"),
-        })?;
+        let document: Value = serde_json::from_slice(jwks_json)
+            .map_err(|error| JwksError::new("", format!("not JSON: {error}")))?;
         let keys = KeySet::parse(&document, &provider.algorithms)?;
         if keys.is_empty() {
-            return Err(JwksError {
-                path: "keys".into(),
-                reason: "no key usable with the provider's algorithms".into(),
-            });
+            return Err(JwksError::new(
+                "keys",
+                "no key usable with the provider's algorithms",
+            ));
         }
         if let Some(remote) = &mut provider.remote {
             remote.fetched = Some((keys, now));
@@ -256,7 +254,7 @@ impl Provider {
                     }
                     Some(JWTError::UnknownCriticalExtension) => return Err(Rejection::JwtCritical),
                     Some(JWTError::TokenTooLong) => return Err(Rejection::JwtTooLarge),
-                    // Anything else (a signature of the wrong length, an undecodable field) is a
+                    // Anything else (a header member or claim jwt-simple cannot decode) is a
                     // token that cannot be verified as sent.
                     _ => return Err(Rejection::JwtMalformed),
                 },
