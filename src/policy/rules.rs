@@ -114,3 +114,33 @@ impl FromClause {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::StringMatch;
+
+    #[test]
+    fn istio_string_matches() {
+        let cases = [
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("pre*", "prefix", true),
+            ("pre*", "xpre", false),
+            ("*fix", "suffix", true),
+            ("*fix", "fixed", false),
+            ("*", "anything", true),
+            ("*", "", false),
+        ];
+        for (pattern, candidate, expected) in cases {
+            let matcher = StringMatch::parse(pattern).unwrap();
+            assert_eq!(
+                matcher.matches(candidate),
+                expected,
+                "{pattern} {candidate}"
+            );
+        }
+        for invalid in ["", "a*b", "**", "*a*"] {
+            assert!(StringMatch::parse(invalid).is_err(), "{invalid}");
+        }
+    }
+}

@@ -176,3 +176,60 @@ impl Template {
         Some(text)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    struct Claims(Value);
+
+    impl IdentityFacts for Claims {
+        fn spiffe_principal(&self) -> Option<String> {
+            None
+        }
+        fn spiffe_trust_domain(&self) -> Option<&str> {
+            None
+        }
+        fn spiffe_namespace(&self) -> Option<&str> {
+            Some("billing")
+        }
+        fn spiffe_service_account(&self) -> Option<&str> {
+            None
+        }
+        fn jwt_request_principal(&self) -> Option<String> {
+            None
+        }
+        fn jwt_subject(&self) -> Option<&str> {
+            self.0.get("sub")?.as_str()
+        }
+        fn jwt_claim(&self, dot_path: &str) -> Option<&Value> {
+            self.0.get(dot_path)
+        }
+    }
+
+    #[test]
+    fn parse_and_validation_form() {
+        let template = Template::parse("t.{{jwt.claim.org.id}}-{{spiffe.namespace}}.>").unwrap();
+        assert_eq!(template.validation_form(), "t.x-x.>");
+        assert!(!template.is_literal());
+        assert!(Template::parse("plain.subject").unwrap().is_literal());
+        assert!(Template::parse("a.{{jwt.claim}}").is_err());
+        assert!(Template::parse("a.{{ jwt.sub }}").is_err());
+        assert!(Template::parse("a.{{jwt.sub").is_err());
+    }
+
+    #[test]
+    fn deny_expansion_widens_only_the_unresolved_token() {
+        let template = Template::parse("t.{{spiffe.namespace}}.x-{{jwt.sub}}.y").unwrap();
+        let resolved = Claims(json!({ "sub": "alice" }));
+        assert_eq!(
+            template.expand_for_deny(&resolved, false),
+            "t.billing.x-alice.y"
+        );
+        let hostile = Claims(json!({ "sub": "a.b" }));
+        assert_eq!(template.expand(&hostile), None);
+        assert_eq!(template.expand_for_deny(&hostile, false), "t.billing.*.y");
+        assert_eq!(template.expand_for_deny(&hostile, true), ">");
+    }
+}
