@@ -184,6 +184,8 @@ pub struct Mesh {
 const ADMIN_PORT: u16 = 19901;
 const INBOUND_PORT: u16 = 14443;
 const NATS_PORT: u16 = 14222;
+/// The `idp` cluster's endpoint: where tests serve a JWKS.
+pub const IDP_PORT: u16 = 18080;
 
 impl Mesh {
     pub fn start(policy_json: &str) -> Mesh {
@@ -191,6 +193,11 @@ impl Mesh {
     }
 
     pub fn start_with_server(policy_json: &str, nats: NatsServer) -> Mesh {
+        Self::start_with(policy_json, nats, IDP_PORT)
+    }
+
+    /// With the `idp` cluster pointing at `idp_port` (a JWKS server of the test).
+    pub fn start_with(policy_json: &str, nats: NatsServer, idp_port: u16) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let identities = identities();
         let ports = free_ports(2 + identities.len());
@@ -199,6 +206,7 @@ impl Mesh {
             (ADMIN_PORT, admin_port),
             (INBOUND_PORT, inbound_port),
             (NATS_PORT, nats.port),
+            (IDP_PORT, idp_port),
         ]);
         let mut identity_ports = BTreeMap::new();
         for (identity, port) in identities.iter().zip(&ports[2..]) {
@@ -482,4 +490,74 @@ impl RawClient {
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A tiny HTTP server answering every request with the current body (a JWKS), on a free
+/// loopback port, until dropped.
+pub struct JwksServer {
+    pub port: u16,
+    pub body: std::sync::Arc<std::sync::Mutex<(u16, String)>>,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl JwksServer {
+    pub fn start(status: u16, body: &str) -> JwksServer {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let body = Arc::new(Mutex::new((status, body.to_string())));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (shared, count, stopping) =
+            (Arc::clone(&body), Arc::clone(&requests), Arc::clone(&stop));
+        let thread = std::thread::spawn(move || {
+            while !stopping.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::Relaxed);
+                let (status, body) = shared.lock().expect("lock").clone();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        JwksServer {
+            port,
+            body,
+            requests,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    pub fn set(&self, status: u16, body: &str) {
+        *self.body.lock().expect("lock") = (status, body.to_string());
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
