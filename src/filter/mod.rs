@@ -25,6 +25,8 @@ use crate::policy::{self, TrustedProxySeed};
 /// The root context's period: deferred closes, token expiry, JWKS refresh.
 const TICK: Duration = Duration::from_millis(50);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// After a failed JWKS fetch, the next attempt waits this long (never hammer a failing IdP).
+const JWKS_RETRY: Duration = Duration::from_secs(2);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -43,6 +45,8 @@ struct Root {
     gate: Option<Rc<Gate>>,
     /// In-flight JWKS fetches: call token → provider name.
     fetches: BTreeMap<u32, String>,
+    /// Providers whose last fetch failed → when to try again.
+    retry_at: BTreeMap<String, Duration>,
 }
 
 fn now() -> Duration {
@@ -93,7 +97,8 @@ impl Root {
 
     fn fetch_due_jwks(&mut self) {
         let Some(gate) = &self.gate else { return };
-        let now_secs = now().as_secs();
+        let now = now();
+        let now_secs = now.as_secs();
         let due: Vec<(String, RemoteJwksConfig)> = {
             let authenticator = gate.authenticator.borrow();
             let sources: BTreeMap<&str, &RemoteJwksConfig> =
@@ -102,6 +107,7 @@ impl Root {
                 .remote_jwks_due(now_secs)
                 .into_iter()
                 .filter(|provider| !self.fetches.values().any(|p| p == provider))
+                .filter(|provider| self.retry_at.get(*provider).is_none_or(|at| *at <= now))
                 .filter_map(|provider| {
                     sources
                         .get(provider)
@@ -127,6 +133,7 @@ impl Root {
                 }
                 Err(status) => {
                     metrics::count("jwks_refresh_failed");
+                    self.retry_at.insert(provider.clone(), now + JWKS_RETRY);
                     log(LogLevel::Warn, &format!("natsguard: JWKS fetch for provider {provider} from cluster {} not dispatched: {status:?}", source.cluster));
                 }
             }
@@ -218,6 +225,7 @@ impl Context for Root {
         };
         match result {
             Ok(()) => {
+                self.retry_at.remove(&provider);
                 metrics::count("jwks_refresh_ok");
                 log(
                     LogLevel::Info,
@@ -226,6 +234,7 @@ impl Context for Root {
                 self.service_connections(true);
             }
             Err(reason) => {
+                self.retry_at.insert(provider.clone(), now() + JWKS_RETRY);
                 metrics::count("jwks_refresh_failed");
                 log(LogLevel::Warn, &format!("natsguard: JWKS refresh of provider {provider} failed ({reason}); keeping the last good keys"));
             }
