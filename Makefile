@@ -23,6 +23,10 @@ run: build venv certs
 test: build venv certs
 	cargo test --locked
 
+## oci: the module as an OCI image layout (Istio's Wasm "compat" format) in oci/natsguard
+oci: build
+	scripts/oci-image.sh
+
 clean:
 	cargo clean
-	rm -rf .run envoy/certs
+	rm -rf .run envoy/certs oci
