@@ -43,26 +43,39 @@ enum Name {
     Invalid,
 }
 
-/// Matches the op name case-insensitively, byte by byte, like nats-server's state machine.
+/// Matches the op name case-insensitively, like nats-server's byte-at-a-time state machine:
+/// the first two bytes decide which name it can be, the rest must follow it.
 fn read_name(line: &[u8]) -> Name {
-    let mut candidates: u16 = (1 << OpName::ALL.len()) - 1;
-    for (i, byte) in line.iter().enumerate() {
-        let upper = byte.to_ascii_uppercase();
-        let mut matching = 0;
-        for (k, name) in OpName::ALL.iter().enumerate() {
-            if candidates & (1 << k) != 0 && name.text().get(i) == Some(&upper) {
-                if name.text().len() == i + 1 {
-                    return Name::Known(*name);
-                }
-                matching |= 1 << k;
-            }
-        }
-        if matching == 0 {
-            return Name::Invalid;
-        }
-        candidates = matching;
+    let Some(first) = line.first() else {
+        return Name::Incomplete;
+    };
+    let second = line.get(1).map(u8::to_ascii_uppercase);
+    let name = match (first.to_ascii_uppercase(), second) {
+        (b'P', Some(b'U')) => OpName::Pub,
+        (b'P', Some(b'I')) => OpName::Ping,
+        (b'P', Some(b'O')) => OpName::Pong,
+        (b'H', Some(b'P')) => OpName::HPub,
+        (b'H', Some(b'M')) => OpName::HMsg,
+        (b'P' | b'H', None) => return Name::Incomplete,
+        (b'P' | b'H', Some(_)) => return Name::Invalid,
+        (b'C', _) => OpName::Connect,
+        (b'S', _) => OpName::Sub,
+        (b'U', _) => OpName::Unsub,
+        (b'I', _) => OpName::Info,
+        (b'M', _) => OpName::Msg,
+        (b'+', _) => OpName::Ok,
+        (b'-', _) => OpName::Err,
+        _ => return Name::Invalid,
+    };
+    let text = name.text();
+    let seen = text.len().min(line.len());
+    if !line[..seen].eq_ignore_ascii_case(&text[..seen]) {
+        Name::Invalid
+    } else if seen < text.len() {
+        Name::Incomplete
+    } else {
+        Name::Known(name)
     }
-    Name::Incomplete
 }
 
 /// Checks `line` (without its `\n`). A finished line ends just before its `\n`, so a final
@@ -136,8 +149,39 @@ enum ContentScan {
     Special(Option<(usize, ProtocolError)>),
 }
 
+/// Whether `word` holds a byte below 0x20 or above 0x7e (eight bytes at a time; the
+/// usual bit tricks: a borrow out of `byte - 0x20` sets the top bit of a byte below 0x20,
+/// `byte + 1` reaches 0x80 from 0x7f, and bytes from 0x80 have it already).
+fn has_special_byte(word: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
+    let from_delete = word.wrapping_add(ONES) | word;
+    (below_space | from_delete) & HIGH != 0
+}
+
+/// The index of the first byte below 0x20 or above 0x7e.
+fn first_special_byte(content: &[u8]) -> Option<usize> {
+    let words = content.chunks_exact(8);
+    let tail_start = content.len() - words.remainder().len();
+    for (index, word) in words.enumerate() {
+        let bytes: [u8; 8] = word.try_into().unwrap_or_default();
+        if has_special_byte(u64::from_le_bytes(bytes)) {
+            let start = index * 8;
+            return word
+                .iter()
+                .position(|&b| !(0x20..0x7f).contains(&b))
+                .map(|at| start + at);
+        }
+    }
+    content[tail_start..]
+        .iter()
+        .position(|&b| !(0x20..0x7f).contains(&b))
+        .map(|at| tail_start + at)
+}
+
 fn scan_content(content: &[u8], finished: bool) -> ContentScan {
-    let Some(first) = content.iter().position(|&b| !(0x20..0x7f).contains(&b)) else {
+    let Some(first) = first_special_byte(content) else {
         return ContentScan::Plain;
     };
     let rest = &content[first..];
@@ -231,6 +275,25 @@ mod tests {
             check(&long_run, true, &limits).err(),
             Some(ProtocolError::ControlLineTooLong)
         );
+    }
+
+    #[test]
+    fn special_bytes_are_found_in_words_and_tails() {
+        for len in 0..20 {
+            for at in 0..len {
+                for special in [0x00, 0x09, 0x0d, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
+                    let mut content = vec![b'a'; len];
+                    content[at] = special;
+                    assert_eq!(
+                        first_special_byte(&content),
+                        Some(at),
+                        "{len} {at} {special:#x}"
+                    );
+                }
+            }
+            let printable: Vec<u8> = (0..len).map(|i| 0x20 + (i as u8 * 7) % 0x5f).collect();
+            assert_eq!(first_special_byte(&printable), None);
+        }
     }
 
     #[test]

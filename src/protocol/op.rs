@@ -34,21 +34,6 @@ pub(crate) enum AfterName {
 }
 
 impl OpName {
-    pub(crate) const ALL: [OpName; 12] = [
-        Self::Connect,
-        Self::Pub,
-        Self::HPub,
-        Self::Sub,
-        Self::Unsub,
-        Self::Ping,
-        Self::Pong,
-        Self::Info,
-        Self::Msg,
-        Self::HMsg,
-        Self::Ok,
-        Self::Err,
-    ];
-
     pub(crate) fn text(self) -> &'static [u8] {
         match self {
             Self::Connect => b"CONNECT",
@@ -329,16 +314,31 @@ struct Args<'a, const N: usize> {
 impl<'a, const N: usize> Args<'a, N> {
     /// Splits `arg`; more than `N` arguments is always a wrong count.
     fn split(arg: &'a str) -> Result<Self, ProtocolError> {
-        let mut items = [""; N];
-        let mut count = 0;
-        for token in arg.split([' ', '\t']).filter(|token| !token.is_empty()) {
-            if count == N {
-                return Err(ProtocolError::WrongArgumentCount);
-            }
-            items[count] = token;
-            count += 1;
+        let mut args = Self {
+            items: [""; N],
+            count: 0,
+        };
+        // Without tabs (the usual case) `split(' ')` finds separators with memchr.
+        if memchr::memchr(b'\t', arg.as_bytes()).is_none() {
+            arg.split(' ').try_for_each(|token| args.push(token))?;
+        } else {
+            arg.split([' ', '\t'])
+                .try_for_each(|token| args.push(token))?;
         }
-        Ok(Self { items, count })
+        Ok(args)
+    }
+
+    /// Adds a token; empty ones are what runs of separators leave between them.
+    fn push(&mut self, token: &'a str) -> Result<(), ProtocolError> {
+        if token.is_empty() {
+            return Ok(());
+        }
+        if self.count == N {
+            return Err(ProtocolError::WrongArgumentCount);
+        }
+        self.items[self.count] = token;
+        self.count += 1;
+        Ok(())
     }
 }
 
