@@ -540,44 +540,64 @@ fn relative_file_paths(value: &Value) -> Vec<String> {
 const TEST_PROXY_SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
 const ENVOY_VALIDATE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Envoy loads each standalone config for real, from the repository root as docs/envoy.md runs it:
-/// `--mode validate` reads the certificates and instantiates the module, whose on_configure parses
-/// the embedded configuration. Needs the module (`make build`), like the mesh tests.
+/// Runs `envoy --mode validate` on a config from the repository root, as docs/envoy.md runs
+/// Envoy: validation reads the certificates and instantiates the module, whose on_configure
+/// parses the embedded natsguard configuration. Returns success and Envoy's output (validation
+/// logs to stderr).
+fn envoy_validate(config_path: &Path) -> (bool, String) {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("envoy.log");
+    let mut child = Command::new(support::venv_binary("envoy"))
+        .args(["--mode", "validate", "--config-path"])
+        .arg(config_path)
+        .current_dir(repo_path(""))
+        .env("NATSGUARD_PROXY_SEED", TEST_PROXY_SEED)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("envoy starts");
+    let deadline = Instant::now() + ENVOY_VALIDATE_TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for envoy") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("envoy --mode validate did not finish within {ENVOY_VALIDATE_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (status.success(), support::read_log(&log))
+}
+
+/// Both standalone configs pass Envoy's validation with the built module (`make build`, like the
+/// mesh tests need), and a configuration error makes natsguard refuse to start (fail closed).
 #[test]
-fn envoy_accepts_the_standalone_configs_with_the_built_module() {
-    let envoy = support::venv_binary("envoy");
+fn envoy_accepts_the_standalone_configs_and_natsguard_refuses_a_broken_one() {
     support::cert_dir();
     support::wasm_module();
-    let logs = tempfile::tempdir().unwrap();
     for file in STANDALONE_CONFIGS {
-        let log = logs.path().join(file.replace('/', "_"));
-        let mut child = Command::new(&envoy)
-            .args(["--mode", "validate", "--config-path", file, "--log-path"])
-            .arg(&log)
-            .current_dir(repo_path(""))
-            .env("NATSGUARD_PROXY_SEED", TEST_PROXY_SEED)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("envoy starts");
-        let deadline = Instant::now() + ENVOY_VALIDATE_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait for envoy") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{file}: envoy --mode validate did not finish within {ENVOY_VALIDATE_TIMEOUT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        assert!(
-            status.success(),
-            "{file}: Envoy refuses it:\n{}",
-            support::read_log(&log)
-        );
+        let (valid, log) = envoy_validate(&repo_path(file));
+        assert!(valid, "{file}: Envoy refuses it:\n{log}");
     }
+
+    let broken = read_text(STANDALONE_CONFIGS[0]).replace(
+        r#""default_action": "deny","#,
+        r#""default_action": "deny", "defualt_action": "allow","#,
+    );
+    let temp = tempfile::tempdir().unwrap();
+    let broken_path = temp.path().join("broken.yaml");
+    std::fs::write(&broken_path, broken).unwrap();
+    let (valid, log) = envoy_validate(&broken_path);
+    assert!(
+        !valid,
+        "Envoy accepted a natsguard configuration with an unknown key"
+    );
+    assert!(
+        log.contains("configuration rejected") && log.contains("defualt_action"),
+        "natsguard's refusal does not name the offending key:\n{log}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1007,5 +1027,170 @@ fn configuration_examples_in_the_docs_load_with_the_filters_parser() {
     assert!(
         loaded >= 9,
         "expected the docs' configuration examples, loaded {loaded}"
+    );
+}
+
+/// A NATS client of the venv's nats-py that connects to Envoy's TLS listener TLS-first, as
+/// docs/envoy.md tells clients to: argv = port, certificate directory, publisher and subscriber
+/// identity names. Prints what the subscriber received and the errors the publisher got.
+const TLS_FIRST_CLIENTS: &str = r#"
+import asyncio, json, ssl, sys
+import nats
+
+port, certs, publisher, subscriber = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+
+def tls_for(name):
+    context = ssl.create_default_context(cafile=f"{certs}/ca.crt")
+    context.load_cert_chain(f"{certs}/{name}.crt", f"{certs}/{name}.key")
+    return context
+
+async def connect(name, errors):
+    async def on_error(error):
+        errors.append(str(error))
+    return await nats.connect(f"tls://127.0.0.1:{port}", tls=tls_for(name), tls_handshake_first=True,
+                              tls_hostname="nats.nats.svc.cluster.local", error_cb=on_error,
+                              allow_reconnect=False, connect_timeout=5)
+
+async def main():
+    received, publisher_errors, subscriber_errors = [], [], []
+    async def on_message(message):
+        received.append(message.subject)
+    sub = await connect(subscriber, subscriber_errors)
+    await sub.subscribe("billing.events.>", cb=on_message)
+    await sub.flush()
+    pub = await connect(publisher, publisher_errors)
+    await pub.publish("billing.events.created", b"1")
+    await pub.publish("billing.admin.reset", b"x")
+    await pub.flush()
+    await asyncio.sleep(0.5)
+    print(json.dumps({"received": received, "publisher_errors": publisher_errors,
+                      "subscriber_errors": subscriber_errors}))
+    await pub.close()
+    await sub.close()
+
+asyncio.run(asyncio.wait_for(main(), 20))
+"#;
+
+/// `envoy/standalone.yaml` with its ports moved to free loopback ones, nats-server's port, and
+/// the IdP cluster pointed at a closed loopback port (tests contact no other host).
+fn localized_standalone_config(admin: u16, listener: u16, nats: u16, closed: u16) -> Value {
+    fn rewrite(value: &mut Value, ports: &HashMap<u64, u64>, closed: u16) {
+        match value {
+            Value::Object(map) => {
+                if map.get("name") == Some(&Value::from("idp"))
+                    && map.contains_key("load_assignment")
+                {
+                    map.insert("type".into(), "STATIC".into());
+                    map.remove("dns_lookup_family");
+                    map.insert(
+                        "load_assignment".into(),
+                        serde_json::json!({"cluster_name": "idp", "endpoints": [{"lb_endpoints": [{"endpoint":
+                            {"address": {"socket_address": {"address": "127.0.0.1", "port_value": closed}}}}]}]}),
+                    );
+                }
+                for (key, entry) in map.iter_mut() {
+                    match (key.as_str(), entry.as_u64(), entry.as_str()) {
+                        ("port_value", Some(port), _) => {
+                            *entry = Value::from(*ports.get(&port).unwrap_or(&port));
+                        }
+                        ("address", _, Some("0.0.0.0")) => *entry = Value::from("127.0.0.1"),
+                        _ => rewrite(entry, ports, closed),
+                    }
+                }
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .for_each(|item| rewrite(item, ports, closed)),
+            _ => {}
+        }
+    }
+    let mut config = yaml_documents(STANDALONE_CONFIGS[0])
+        .pop()
+        .expect("one document");
+    let ports = HashMap::from([
+        (9901, u64::from(admin)),
+        (4443, u64::from(listener)),
+        (4222, u64::from(nats)),
+    ]);
+    rewrite(&mut config, &ports, closed);
+    config
+}
+
+/// `envoy/standalone.yaml` end to end, run the way docs/envoy.md runs it: real Envoy from the
+/// repository root (relative certificate and module paths), nats-server that trusts only
+/// natsguard's proxy key and upstream login, TLS-first clients with the harness certificates.
+#[test]
+fn standalone_config_serves_tls_first_clients_through_natsguard() {
+    let envoy = support::venv_binary("envoy");
+    let certs = support::cert_dir();
+    support::wasm_module();
+    let embedded = embedded_natsguard_config(&yaml_documents(STANDALONE_CONFIGS[0]).pop().unwrap());
+    let proxy_key = natsguard::identity::ProxySigner::from_seed(TEST_PROXY_SEED)
+        .unwrap()
+        .public_key();
+    let nats = support::NatsServer::start(Some(&format!(
+        "authorization {{ users: [ {{ user: {}, password: {}, proxy_required: true }} ] }}\n\
+         proxies {{ trusted: [ {{ key: \"{proxy_key}\" }} ] }}\n",
+        str_at(&embedded, "/upstream/user"),
+        str_at(&embedded, "/upstream/pass"),
+    )));
+
+    let [admin, listener, closed] = support::free_ports(3)[..] else {
+        unreachable!()
+    };
+    let run = tempfile::tempdir().unwrap();
+    let config_path = run.path().join("standalone.json");
+    std::fs::write(
+        &config_path,
+        localized_standalone_config(admin, listener, nats.port, closed).to_string(),
+    )
+    .unwrap();
+    let log = run.path().join("envoy.log");
+    let child = Command::new(&envoy)
+        .arg("--config-path")
+        .arg(&config_path)
+        .args(["--disable-hot-restart", "--concurrency", "1", "--log-path"])
+        .arg(&log)
+        .current_dir(repo_path(""))
+        .env("NATSGUARD_PROXY_SEED", TEST_PROXY_SEED)
+        .stdout(std::fs::File::create(run.path().join("envoy.stdout")).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("envoy starts");
+    let mut envoy_process = support::Process {
+        child,
+        name: "envoy",
+    };
+    support::wait_for_port(listener, &mut envoy_process.child, "envoy", &log);
+
+    let output = Command::new(support::venv_binary("python"))
+        .args(["-c", TLS_FIRST_CLIENTS, &listener.to_string()])
+        .arg(&certs)
+        .args(["publisher", "subscriber"])
+        .output()
+        .expect("python runs");
+    let envoy_log = support::read_log(&log);
+    assert!(
+        output.status.success(),
+        "clients failed: {}\nenvoy log:\n{envoy_log}\nnats-server log:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        nats.log()
+    );
+    let outcome: Value = serde_json::from_slice(&output.stdout).expect("client JSON");
+    assert_eq!(
+        outcome["received"],
+        serde_json::json!(["billing.events.created"]),
+        "{outcome}\n{envoy_log}"
+    );
+    let publisher_errors = outcome["publisher_errors"].to_string().to_lowercase();
+    assert!(
+        publisher_errors
+            .contains(r#"permissions violation for publish to \"billing.admin.reset\""#),
+        "{outcome}\n{envoy_log}"
+    );
+    assert_eq!(
+        outcome["subscriber_errors"],
+        serde_json::json!([]),
+        "{outcome}"
     );
 }
