@@ -571,8 +571,9 @@ fn envoy_validate(config_path: &Path) -> (bool, String) {
     (status.success(), support::read_log(&log))
 }
 
-/// Both standalone configs pass Envoy's validation with the built module (`make build`, like the
-/// mesh tests need), and a configuration error makes natsguard refuse to start (fail closed).
+/// Both standalone configs, and the Istio plugin's configuration, pass Envoy's validation with the
+/// built module (`make build`, like the mesh tests need); a configuration error makes natsguard
+/// refuse to start (fail closed).
 #[test]
 fn envoy_accepts_the_standalone_configs_and_natsguard_refuses_a_broken_one() {
     support::cert_dir();
@@ -582,11 +583,27 @@ fn envoy_accepts_the_standalone_configs_and_natsguard_refuses_a_broken_one() {
         assert!(valid, "{file}: Envoy refuses it:\n{log}");
     }
 
+    // The Istio plugin's configuration through the same filter (its JWKS cluster only exists in
+    // the mesh; the filter resolves clusters when it fetches, not when it is configured).
+    let mut with_istio_config = yaml_documents(STANDALONE_CONFIGS[0]).pop().unwrap();
+    let istio_config = plugin_config(&istio_documents()).to_string();
+    let filters = "/static_resources/listeners/0/filter_chains/0/filters/0/typed_config/config/configuration/value";
+    *with_istio_config
+        .pointer_mut(filters)
+        .expect("configuration value") = Value::from(istio_config);
+    let temp = tempfile::tempdir().unwrap();
+    let istio_path = temp.path().join("istio-plugin-config.json");
+    std::fs::write(&istio_path, with_istio_config.to_string()).unwrap();
+    let (valid, log) = envoy_validate(&istio_path);
+    assert!(
+        valid,
+        "natsguard refuses istio/wasmplugin.yaml's pluginConfig:\n{log}"
+    );
+
     let broken = read_text(STANDALONE_CONFIGS[0]).replace(
         r#""default_action": "deny","#,
         r#""default_action": "deny", "defualt_action": "allow","#,
     );
-    let temp = tempfile::tempdir().unwrap();
     let broken_path = temp.path().join("broken.yaml");
     std::fs::write(&broken_path, broken).unwrap();
     let (valid, log) = envoy_validate(&broken_path);
