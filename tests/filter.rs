@@ -47,7 +47,8 @@ authorization {
 const SCRIPT: &[u8] =
     b"SUB billing.events.x workers 1\r\nSUB billing.events.x other 2\r\nSUB secret 3\r\n\
 PUB billing.admin.x 5\r\nhello\r\nSUB billing.> 4\r\nPUB billing.ok 2\r\nhi\r\nPING\r\n\
-HPUB billing.admin.h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nUNSUB 4\r\nPING\r\n";
+HPUB billing.admin.h 12 14\r\nNATS/1.0\r\n\r\nhi\r\nUNSUB 4\r\n\
+HPUB billing.t 39 41\r\nNATS/1.0\r\nNats-Trace-Dest: secret.x\r\n\r\nhi\r\nPING\r\n";
 
 /// Runs SCRIPT after a CONNECT (with `credentials`) and returns every line the client received
 /// after the handshake, INFO lines excluded (they carry per-connection ids).
@@ -85,6 +86,10 @@ fn clients_see_exactly_what_nats_server_would_send_them() {
             "{expected}"
         );
         assert!(expected.contains("Permissions Violation for Subscription to \"billing.events.x\" using queue \"other\""), "{expected}");
+        assert!(
+            expected.contains("Permissions Violation for Publish to \"secret.x\""),
+            "trace destination: {expected}"
+        );
         assert_eq!(through_natsguard, expected, "verbose={verbose}");
     }
 }

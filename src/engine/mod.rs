@@ -127,11 +127,26 @@ struct Session {
 }
 
 /// Whether the payload of the frame being streamed is forwarded.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq, Eq)]
 enum PayloadFate {
     Forward,
     Drop,
+    /// An HPUB whose header block is still arriving: its line and headers are held.
+    Inspect(Box<HeldHeaders>),
 }
+
+#[derive(Debug, PartialEq, Eq)]
+struct HeldHeaders {
+    /// The canonical HPUB line, then the header bytes received so far.
+    held: Vec<u8>,
+    line_len: usize,
+    remaining: usize,
+    subject: Box<str>,
+}
+
+/// Largest HPUB header block natsguard holds to read `Nats-Trace-Dest` when the block is split
+/// across reads (real header blocks are a few hundred bytes).
+pub const MAX_HELD_HEADERS: usize = 64 * 1024;
 
 /// One NATS connection through the filter.
 pub struct Connection {
@@ -340,9 +355,22 @@ impl Connection {
         while let Some(item) = items.next() {
             match item {
                 Item::Partial { span } => out.drop(span),
-                Item::Payload(piece) => match self.client_payload {
+                Item::Payload(piece) => match &mut self.client_payload {
                     PayloadFate::Forward => out.keep(piece.span),
                     PayloadFate::Drop => out.drop(piece.span),
+                    PayloadFate::Inspect(headers) => {
+                        out.drop(piece.span.clone());
+                        let take = headers.remaining.min(piece.data.len());
+                        let header_part = piece.span.start..piece.span.start + take;
+                        headers.held.extend_from_slice(&chunk[header_part.clone()]);
+                        headers.remaining -= take;
+                        if headers.remaining == 0 {
+                            self.release_held_headers(now, &mut out);
+                            if self.client_payload == PayloadFate::Forward {
+                                out.keep(header_part.end..piece.span.end);
+                            }
+                        }
+                    }
                 },
                 Item::Error { error, span } => {
                     out.drop(span);
@@ -389,31 +417,61 @@ impl Connection {
                             self.refuse(&mut refusal, "second_connect", None);
                             out.insert(&refusal);
                         }
-                        (State::Established(session), ClientOp::Pub { subject, .. })
-                        | (State::Established(session), ClientOp::HPub { subject, .. }) => {
-                            if matches!(line.op, ClientOp::HPub { .. }) && !session.headers {
+                        (State::Established(session), ClientOp::Pub { subject, .. }) => {
+                            match publish_verdict(session, subject, &[], now) {
+                                Ok(()) => {
+                                    self.report.counters.publish_allowed += 1;
+                                    forward_line(&mut out);
+                                }
+                                Err(denied) => {
+                                    out.drop(line.span.clone());
+                                    self.deny_publish(&denied, &mut out);
+                                }
+                            }
+                        }
+                        (
+                            State::Established(session),
+                            ClientOp::HPub {
+                                subject,
+                                header_len,
+                                ..
+                            },
+                        ) => {
+                            let headers_start = line.span.end;
+                            let headers_end = headers_start + header_len as usize;
+                            if !session.headers {
                                 // nats-server closes silently on HPUB without headers:true.
                                 out.drop(line.span.clone());
                                 self.fail_protocol(&ProtocolError::WrongArgumentCount, &mut out);
-                            } else if session.permissions.check_publish(subject.as_bytes(), now) {
-                                self.report.counters.publish_allowed += 1;
-                                forward_line(&mut out);
-                            } else {
-                                self.report.counters.publish_denied += 1;
-                                let rules = session.permissions.matched_rules();
-                                self.report.events.push(AuditEvent::denied(
-                                    "PUB",
-                                    subject,
-                                    None,
-                                    &session.identity,
-                                    rules,
-                                ));
-                                self.client_payload = PayloadFate::Drop;
+                            } else if headers_end <= chunk.len() {
+                                let traces = trace_destinations(&chunk[headers_start..headers_end]);
+                                match publish_verdict(session, subject, &traces, now) {
+                                    Ok(()) => {
+                                        self.report.counters.publish_allowed += 1;
+                                        forward_line(&mut out);
+                                    }
+                                    Err(denied) => {
+                                        out.drop(line.span.clone());
+                                        self.deny_publish(&denied, &mut out);
+                                    }
+                                }
+                            } else if header_len as usize > MAX_HELD_HEADERS {
                                 out.drop(line.span.clone());
-                                out.insert(b"PING\r\n");
-                                self.pongs.push_back(PongOwner::Error(publish_violation(
-                                    subject.as_bytes(),
-                                )));
+                                self.fail_protocol(&ProtocolError::UnknownOperation, &mut out);
+                            } else {
+                                // The decision needs the header block (a Nats-Trace-Dest header is
+                                // a publish too): hold the line until the block is complete.
+                                out.drop(line.span.clone());
+                                let mut held = Vec::with_capacity(
+                                    line.op.canonical_len() + header_len as usize,
+                                );
+                                line.op.write_canonical(&mut held);
+                                self.client_payload = PayloadFate::Inspect(Box::new(HeldHeaders {
+                                    line_len: held.len(),
+                                    held,
+                                    remaining: header_len as usize,
+                                    subject: subject.into(),
+                                }));
                             }
                         }
                         (
@@ -557,6 +615,49 @@ impl Connection {
         Decision::Accepted
     }
 
+    /// Answers a denied publish like nats-server: the frame is dropped (its payload too) and
+    /// a PING goes upstream whose PONG becomes `Permissions Violation for Publish to "<subject>"`.
+    fn deny_publish(&mut self, denied_subject: &str, out: &mut Rewrite) {
+        self.report.counters.publish_denied += 1;
+        if let State::Established(session) = &self.state {
+            let rules = session.permissions.matched_rules();
+            self.report.events.push(AuditEvent::denied(
+                "PUB",
+                denied_subject,
+                None,
+                &session.identity,
+                rules,
+            ));
+        }
+        self.client_payload = PayloadFate::Drop;
+        out.insert(b"PING\r\n");
+        self.pongs.push_back(PongOwner::Error(publish_violation(
+            denied_subject.as_bytes(),
+        )));
+    }
+
+    /// The header block of a held HPUB is complete: decide, then forward the held bytes or
+    /// answer the denial. Sets the fate of the rest of the payload.
+    fn release_held_headers(&mut self, now: Duration, out: &mut Rewrite) {
+        let PayloadFate::Inspect(headers) =
+            std::mem::replace(&mut self.client_payload, PayloadFate::Forward)
+        else {
+            return;
+        };
+        let State::Established(session) = &mut self.state else {
+            self.client_payload = PayloadFate::Drop;
+            return;
+        };
+        let traces = trace_destinations(&headers.held[headers.line_len..]);
+        match publish_verdict(session, &headers.subject, &traces, now) {
+            Ok(()) => {
+                self.report.counters.publish_allowed += 1;
+                out.insert(&headers.held);
+            }
+            Err(denied) => self.deny_publish(&denied, out),
+        }
+    }
+
     /// A fatal client-side protocol error: forward what came before, then a PING whose PONG
     /// becomes the server's own error line (or nothing, where nats-server closes silently).
     fn fail_protocol(&mut self, error: &ProtocolError, out: &mut Rewrite) {
@@ -629,8 +730,9 @@ impl Connection {
             match item {
                 Item::Partial { span } => out.drop(span),
                 Item::Payload(piece) => match self.server_payload {
-                    PayloadFate::Forward => out.keep(piece.span),
                     PayloadFate::Drop => out.drop(piece.span),
+                    // Server payloads are never held for inspection.
+                    PayloadFate::Forward | PayloadFate::Inspect(_) => out.keep(piece.span),
                 },
                 Item::Error { error, span } => {
                     // The server's stream is not NATS as natsguard reads it: fail closed.
@@ -797,6 +899,48 @@ fn forward_control_line<O: Operation>(out: &mut Rewrite, line: &ControlLine<O>) 
         line.op.write_canonical(&mut canonical);
         out.insert(&canonical);
     }
+}
+
+/// nats-server's publish checks in its order: the message-trace destination named by a
+/// `Nats-Trace-Dest` header is a publish of its own (server/msgtrace.go), then the subject.
+/// `Err` carries the subject the violation names.
+fn publish_verdict(
+    session: &mut Session,
+    subject: &str,
+    trace_destinations: &[String],
+    now: Duration,
+) -> Result<(), String> {
+    for destination in trace_destinations {
+        if !session
+            .permissions
+            .check_publish(destination.as_bytes(), now)
+        {
+            return Err(destination.clone());
+        }
+    }
+    if session.permissions.check_publish(subject.as_bytes(), now) {
+        Ok(())
+    } else {
+        Err(subject.to_string())
+    }
+}
+
+/// The values of `Nats-Trace-Dest` headers in an HPUB header block. nats-server reads the first
+/// one, only with that exact key and after a `NATS/1.0` line; natsguard is stricter and checks
+/// every one, in any letter case, after any first line, so no spelling of it escapes the check.
+fn trace_destinations(headers: &[u8]) -> Vec<String> {
+    const KEY: &[u8] = b"nats-trace-dest";
+    headers
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let key = line[..colon].trim_ascii();
+            key.eq_ignore_ascii_case(KEY)
+                .then(|| String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned())
+        })
+        .collect()
 }
 
 enum Decision {
