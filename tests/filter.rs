@@ -302,3 +302,23 @@ async fn async_nats_reports_permission_errors_and_keeps_working() {
         async_nats::connection::State::Connected
     );
 }
+
+#[test]
+fn the_access_log_shows_identity_and_decision() {
+    let mesh = Mesh::start(POLICY);
+    session(mesh.port_of("publisher"), false, "");
+    connect_and_read(mesh.port_of("denied"), b"CONNECT {}\r\nPING\r\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let wanted = [
+        "identity=principal=cluster.local/ns/billing/sa/publisher namespace=billing service_account=publisher decision=allow",
+        "decision=deny:no_matching_rule",
+    ];
+    while !wanted.iter().all(|w| mesh.access_log().contains(w)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "access log:\n{}",
+            mesh.access_log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -284,6 +284,11 @@ impl Mesh {
         read_log(&self.dir.path().join("envoy.log"))
     }
 
+    /// The inbound listener's TCP access log lines (Envoy's stdout).
+    pub fn access_log(&self) -> String {
+        read_log(&self.dir.path().join("envoy.stdout"))
+    }
+
     /// Envoy's admin `/stats` as name → value (counters and gauges).
     pub fn stats(&self) -> BTreeMap<String, u64> {
         let body = http_get(self.admin_port, "/stats").expect("GET /stats");
