@@ -29,8 +29,6 @@ pub(crate) struct Head {
     pub(crate) name: OpName,
     /// The argument (after the name and its separators, before the terminator).
     pub(crate) arg: Range<usize>,
-    /// No byte below 0x20 or above 0x7e besides the terminator's `\r`: no tab, pure ASCII.
-    pub(crate) plain: bool,
 }
 
 fn is_separator(byte: &u8) -> bool {
@@ -124,11 +122,7 @@ pub(crate) fn check(
     } else {
         None
     };
-    let (content_error, plain) = match scan_content(after, finished) {
-        ContentScan::Plain => (None, true),
-        ContentScan::Special(None) => (None, false),
-        ContentScan::Special(Some((at, error))) => (Some((name_len + at, error)), false),
-    };
+    let content_error = scan_content(after, finished).map(|(at, error)| (name_len + at, error));
     match (content_error, length_error) {
         (Some((at, error)), Some(too_long)) if at <= too_long => return Err(error),
         (Some((_, error)), None) => return Err(error),
@@ -138,15 +132,7 @@ pub(crate) fn check(
     Ok(finished.then_some(Head {
         name,
         arg: arg_start..end,
-        plain,
     }))
-}
-
-enum ContentScan {
-    /// Only printable ASCII, spaces and nothing else.
-    Plain,
-    /// Tabs, non-ASCII or control bytes: the first error, if any, with its position.
-    Special(Option<(usize, ProtocolError)>),
 }
 
 /// Whether `word` holds a byte below 0x20 or above 0x7e (eight bytes at a time; the
@@ -180,10 +166,9 @@ fn first_special_byte(content: &[u8]) -> Option<usize> {
         .map(|at| tail_start + at)
 }
 
-fn scan_content(content: &[u8], finished: bool) -> ContentScan {
-    let Some(first) = first_special_byte(content) else {
-        return ContentScan::Plain;
-    };
+/// The first control byte, stray `\r` or invalid UTF-8 in `content`, with its position.
+fn scan_content(content: &[u8], finished: bool) -> Option<(usize, ProtocolError)> {
+    let first = first_special_byte(content)?;
     let rest = &content[first..];
     let control = rest
         .iter()
@@ -202,11 +187,10 @@ fn scan_content(content: &[u8], finished: bool) -> ContentScan {
         Err(e) if e.error_len().is_none() && !finished => None,
         Err(e) => Some((first + e.valid_up_to(), ProtocolError::InvalidUtf8)),
     };
-    let earliest = match (control, utf8) {
+    match (control, utf8) {
         (Some(c), Some(u)) => Some(if c.0 <= u.0 { c } else { u }),
         (c, u) => c.or(u),
-    };
-    ContentScan::Special(earliest)
+    }
 }
 
 #[cfg(test)]

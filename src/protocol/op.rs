@@ -150,6 +150,35 @@ impl Sink for ByteCount {
     }
 }
 
+/// Compares an encoding with bytes received, without writing it anywhere.
+pub(crate) struct SameAs<'r> {
+    expected: &'r [u8],
+    equal: bool,
+}
+
+impl<'r> SameAs<'r> {
+    pub(crate) fn new(expected: &'r [u8]) -> Self {
+        Self {
+            expected,
+            equal: true,
+        }
+    }
+
+    /// Whether everything put so far is exactly the expected bytes, all of them.
+    pub(crate) fn matched(&self) -> bool {
+        self.equal && self.expected.is_empty()
+    }
+}
+
+impl Sink for SameAs<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        match self.expected.strip_prefix(bytes) {
+            Some(rest) if self.equal => self.expected = rest,
+            _ => self.equal = false,
+        }
+    }
+}
+
 /// Behaviour shared by the ops of both directions.
 pub trait Operation {
     /// Bytes that follow the control line before the payload's `\r\n` (PUB `#bytes`,
@@ -169,6 +198,13 @@ pub trait Operation {
         let mut count = ByteCount::default();
         self.encode(&mut count);
         count.0
+    }
+
+    /// Whether `line` (`\n` included) is exactly the canonical encoding.
+    fn is_encoded_as(&self, line: &[u8]) -> bool {
+        let mut same = SameAs::new(line);
+        self.encode(&mut same);
+        same.matched()
     }
 }
 

@@ -310,9 +310,9 @@ impl<D: Direction> Items<'_, '_, D> {
             ..
         } = &mut *self.parser;
         let raw: &[u8] = if carried == 0 {
-            &rest[..newline]
+            &rest[..=newline]
         } else {
-            held.extend_from_slice(&rest[..newline]);
+            held.extend_from_slice(&rest[..=newline]);
             *held_reported = true;
             held
         };
@@ -377,20 +377,16 @@ impl<D: Direction> Items<'_, '_, D> {
     }
 }
 
-/// Parses a finished line (without its `\n`): the op and whether the raw bytes were
-/// already canonical.
+/// Parses a finished line (`\n` included): the op and whether the raw bytes were already
+/// canonical.
 fn parse_line<'a, D: Direction>(
-    raw: &'a [u8],
+    line: &'a [u8],
     limits: &Limits,
 ) -> Result<(D::Op<'a>, bool), ProtocolError> {
+    let raw = &line[..line.len() - 1];
     let head = line::check(raw, true, limits)?.ok_or(ProtocolError::UnknownOperation)?;
-    let arg =
-        std::str::from_utf8(&raw[head.arg.clone()]).map_err(|_| ProtocolError::InvalidUtf8)?;
+    let arg = std::str::from_utf8(&raw[head.arg]).map_err(|_| ProtocolError::InvalidUtf8)?;
     let op = D::build_op(head.name, arg)?;
-    let name = head.name.text();
-    let canonical = raw.last() == Some(&b'\r')
-        && &raw[..name.len()] == name
-        && raw.len() + 1 == op.canonical_len()
-        && (head.plain || memchr::memchr(b'\t', raw).is_none());
+    let canonical = op.is_encoded_as(line);
     Ok((op, canonical))
 }

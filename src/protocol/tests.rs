@@ -615,3 +615,55 @@ fn every_split_of_an_invalid_stream_fails_the_same() {
         }
     }
 }
+
+#[test]
+fn free_text_arguments_with_tabs_can_be_canonical() {
+    // Found by fuzzing: JSON may hold tabs; the canonical encoding keeps them.
+    assert_eq!(
+        client_ops(b"CONNECT {\"a\":\t1}\r\n"),
+        vec![(
+            op(ClientOp::Connect {
+                json: "{\"a\":\t1}"
+            }),
+            true
+        )]
+    );
+    assert_eq!(
+        client_ops(b"CONNECT {\"a\":\t1}\t\r\n"),
+        vec![(
+            op(ClientOp::Connect {
+                json: "{\"a\":\t1}"
+            }),
+            false
+        )]
+    );
+    let crash = b"CONNECT {\"verbo\tPUB UB \n\r\tPooB\x01.,\"user\":\"ae,\"u\nPING\r\n~";
+    let seen = client(crash);
+    assert!(matches!(
+        &seen[0],
+        Seen::Line {
+            canonical: false,
+            ..
+        }
+    ));
+    assert_eq!(
+        seen.last(),
+        Some(&Seen::Error(ProtocolError::UnknownOperation))
+    );
+}
+
+#[test]
+fn same_length_is_not_canonical() {
+    // Found by fuzzing: as long as the encoding (`INFO 1 r 5 \r\n`) but not equal to it.
+    let seen = server(b"INFO  1 r 5\r\n");
+    assert!(
+        matches!(
+            &seen[0],
+            Seen::Line {
+                canonical: false,
+                ..
+            }
+        ),
+        "{seen:?}"
+    );
+}
