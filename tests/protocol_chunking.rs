@@ -274,7 +274,10 @@ fn server_op() -> impl Strategy<Value = (Vec<u8>, String, Option<Vec<u8>>, bool)
 type Written = (Vec<u8>, String, Option<Vec<u8>>, bool);
 
 /// The stream, and what reading it must give (ops and payloads, without spans).
-fn assemble(ops: &[Written]) -> (Vec<u8>, Vec<(String, bool)>, Vec<Vec<u8>>) {
+/// The ops expected (with their canonical flag) and the payloads expected, in order.
+type Expected = (Vec<(String, bool)>, Vec<Vec<u8>>);
+
+fn assemble(ops: &[Written]) -> (Vec<u8>, Expected) {
     let mut stream = Vec::new();
     let mut expected_ops = Vec::new();
     let mut payloads = Vec::new();
@@ -287,11 +290,11 @@ fn assemble(ops: &[Written]) -> (Vec<u8>, Vec<(String, bool)>, Vec<Vec<u8>>) {
             payloads.push(payload.clone());
         }
     }
-    (stream, expected_ops, payloads)
+    (stream, (expected_ops, payloads))
 }
 
 fn check_whole_reads_what_was_written<D: Direction>(ops: &[Written]) -> Vec<Frame> {
-    let (stream, expected_ops, expected_payloads) = assemble(ops);
+    let (stream, (expected_ops, expected_payloads)) = assemble(ops);
     let whole = read::<D>(&stream, &[]);
     let read_ops: Vec<(String, bool)> = whole
         .iter()
@@ -320,7 +323,7 @@ proptest! {
     fn client_stream_random_splits(ops in prop::collection::vec(client_op(), 1..12),
                                    cuts in prop::collection::vec(0usize..2000, 0..20)) {
         let whole = check_whole_reads_what_was_written::<ClientToServer>(&ops);
-        let (stream, _, _) = assemble(&ops);
+        let (stream, _) = assemble(&ops);
         prop_assert_eq!(read::<ClientToServer>(&stream, &cuts), whole);
         let every_byte: Vec<usize> = (0..stream.len()).collect();
         prop_assert_eq!(read::<ClientToServer>(&stream, &every_byte), read::<ClientToServer>(&stream, &[]));
@@ -330,7 +333,7 @@ proptest! {
     fn server_stream_random_splits(ops in prop::collection::vec(server_op(), 1..12),
                                    cuts in prop::collection::vec(0usize..2000, 0..20)) {
         let whole = check_whole_reads_what_was_written::<ServerToClient>(&ops);
-        let (stream, _, _) = assemble(&ops);
+        let (stream, _) = assemble(&ops);
         prop_assert_eq!(read::<ServerToClient>(&stream, &cuts), whole);
         let every_byte: Vec<usize> = (0..stream.len()).collect();
         prop_assert_eq!(read::<ServerToClient>(&stream, &every_byte), read::<ServerToClient>(&stream, &[]));
@@ -344,7 +347,7 @@ proptest! {
     fn short_streams_every_single_and_double_split(client in prop::collection::vec(client_op(), 1..4),
                                                    server in prop::collection::vec(server_op(), 1..4)) {
         let whole = check_whole_reads_what_was_written::<ClientToServer>(&client);
-        let (stream, _, _) = assemble(&client);
+        let (stream, _) = assemble(&client);
         let stream = &stream[..];
         for i in 0..=stream.len() {
             for j in i..=stream.len() {
@@ -352,7 +355,7 @@ proptest! {
             }
         }
         let whole = check_whole_reads_what_was_written::<ServerToClient>(&server);
-        let (stream, _, _) = assemble(&server);
+        let (stream, _) = assemble(&server);
         let stream = &stream[..];
         for i in 0..=stream.len() {
             for j in i..=stream.len() {

@@ -67,17 +67,18 @@ fn read_all<D: Direction>(input: &[u8], cuts: &[usize]) -> Vec<Read> {
                         piece.data.start == piece.span.start && piece.data.end <= piece.span.end
                     );
                     let (start, end) = (offset + piece.data.start, offset + piece.data.end);
-                    // Pieces of one payload merge into one read.
+                    // Pieces of one payload merge into one read; a piece holding only
+                    // terminator bytes has an empty data range, which ends nothing.
                     match reads.last_mut() {
                         Some(Read::Data {
                             end: last_end,
-                            complete: false,
+                            complete,
                             ..
-                        }) if *last_end <= start => {
-                            *last_end = end;
-                            if let Some(Read::Data { complete, .. }) = reads.last_mut() {
-                                *complete = piece.complete;
+                        }) if !*complete => {
+                            if !piece.data.is_empty() {
+                                *last_end = end;
                             }
+                            *complete = piece.complete;
                         }
                         _ => reads.push(Read::Data {
                             start,

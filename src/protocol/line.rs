@@ -117,7 +117,7 @@ pub(crate) fn check(
     };
     let length_error = if separators > MAX_SEPARATOR_RUN {
         Some(name_len + MAX_SEPARATOR_RUN)
-    } else if end - arg_start > limit {
+    } else if measured_len(name, &line[arg_start..end]) > limit {
         Some(arg_start + limit)
     } else {
         None
@@ -133,6 +133,23 @@ pub(crate) fn check(
         name,
         arg: arg_start..end,
     }))
+}
+
+/// The argument length held to the limit: nats-server's measure (everything after the
+/// name and its separators), except for INFO, whose JSON alone is measured because its
+/// canonical form adds a space before the line end.
+fn measured_len(name: OpName, arg: &[u8]) -> usize {
+    match name {
+        OpName::Info => {
+            arg.len()
+                - arg
+                    .iter()
+                    .rev()
+                    .take_while(|byte| is_separator(byte))
+                    .count()
+        }
+        _ => arg.len(),
+    }
 }
 
 /// Whether `word` holds a byte below 0x20 or above 0x7e (eight bytes at a time; the

@@ -667,3 +667,26 @@ fn same_length_is_not_canonical() {
         "{seen:?}"
     );
 }
+
+#[test]
+fn info_at_the_limit_reads_back_after_canonicalisation() {
+    // Found by fuzzing: the canonical `INFO <json> \r\n` adds a space to the argument.
+    let limits = Limits {
+        max_control_line: 7,
+        ..Limits::default()
+    };
+    for line in [
+        &b"INFO {\"a\":1}\r\n"[..],
+        b"INFO {\"a\":1} \r\n",
+        b"INFO {\"a\":1}  \r\n",
+    ] {
+        assert!(matches!(
+            run::<ServerToClient>(limits, &[line])[0],
+            Seen::Line { .. }
+        ));
+    }
+    assert_eq!(
+        run::<ServerToClient>(limits, &[b"INFO {\"ab\":1}\r\n"]),
+        vec![Seen::Error(ProtocolError::ControlLineTooLong)]
+    );
+}
