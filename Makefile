@@ -21,7 +21,7 @@ run: build venv certs
 
 ## test: host unit/property/conformance tests and the real-Envoy integration tests
 test: build venv certs
-	cargo test --locked
+	cargo test --locked --no-fail-fast
 
 ## oci: the module as an OCI image layout (Istio's Wasm "compat" format) in oci/natsguard
 oci: build
