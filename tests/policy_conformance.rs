@@ -9,12 +9,11 @@
 //! the same outcome, except for natsguard's documented deliberate differences (it is stricter,
 //! never looser), which are asserted as such.
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use natsguard::identity::Identity;
@@ -353,65 +352,6 @@ fn routes_to(pattern: &str, subject: &str) -> bool {
 // ---------------------------------------------------------------------------------------
 // nats-server process and raw protocol client
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join(".venv/bin/nats-server");
-    if !binary.exists() {
-        let status = Command::new("bash")
-            .arg(root.join("scripts/ensure-runtime.sh"))
-            .status();
-        assert!(
-            binary.exists(),
-            "nats-server not found at {} and scripts/ensure-runtime.sh did not install it ({status:?})",
-            binary.display()
-        );
-    }
-    binary
-}
-
-fn start_server(config_path: &Path) -> Server {
-    let mut child = Command::new(nats_server_binary())
-        .args(["-a", "127.0.0.1", "-p", "-1", "-c"])
-        .arg(config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nats-server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        let marker = "Listening for client connections on ";
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(address) = line.split(marker).nth(1) {
-                let _ = sender.send(
-                    address
-                        .rsplit(':')
-                        .next()
-                        .and_then(|port| port.trim().parse::<u16>().ok()),
-                );
-            }
-        }
-    });
-    let mut server = Server { child, port: 0 };
-    match receiver.recv_timeout(Duration::from_secs(10)) {
-        Ok(Some(port)) => server.port = port,
-        other => panic!("nats-server did not report its port: {other:?}"),
-    }
-    server
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
     Error(String),
@@ -661,14 +601,10 @@ fn engine_decides_like_nats_server() {
     for (index, scenario) in scenarios.iter().enumerate() {
         users.push(json!({ "user": format!("u{index}"), "password": PASSWORD, "permissions": scenario.block }));
     }
-    let directory = tempfile::tempdir().unwrap();
-    let config_path = directory.path().join("nats.conf");
-    std::fs::write(
-        &config_path,
-        format!("authorization {{ users: {} }}\n", Value::Array(users)),
-    )
-    .unwrap();
-    let server = start_server(&config_path);
+    let server = support::NatsServer::start(Some(&format!(
+        "authorization {{ users: {} }}\n",
+        Value::Array(users)
+    )));
 
     let started = Instant::now();
     let mut feeder = Client::connect(server.port, "feeder");
