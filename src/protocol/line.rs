@@ -202,7 +202,18 @@ fn scan_content(content: &[u8], finished: bool) -> Option<(usize, ProtocolError)
         Ok(_) => None,
         // An unfinished line may end inside a character.
         Err(e) if e.error_len().is_none() && !finished => None,
-        Err(e) => Some((first + e.valid_up_to(), ProtocolError::InvalidUtf8)),
+        // Positioned where the error becomes certain: at an impossible lead byte, else at
+        // the first byte that breaks the sequence (or the line end), as a line that is still
+        // arriving would see it.
+        Err(e) => {
+            let start = e.valid_up_to();
+            let certain_at = match e.error_len() {
+                Some(_) if !matches!(rest[start], 0xc2..=0xf4) => start,
+                Some(len) => start + len,
+                None => rest.len(),
+            };
+            Some((first + certain_at, ProtocolError::InvalidUtf8))
+        }
     };
     match (control, utf8) {
         (Some(c), Some(u)) => Some(if c.0 <= u.0 { c } else { u }),

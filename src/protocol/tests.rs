@@ -690,3 +690,20 @@ fn info_at_the_limit_reads_back_after_canonicalisation() {
         vec![Seen::Error(ProtocolError::ControlLineTooLong)]
     );
 }
+
+#[test]
+fn utf8_error_is_positioned_where_it_becomes_certain() {
+    // Found by fuzzing: `\xd1` at the limit's position is only invalid once `+` follows, so
+    // the limit must win whether or not the line is split just before `+`.
+    let stream = b"+OK\r\n-ERR CSINFFO\xd9\x84\xdd\x8cerver\":\"x\",\"am_p52,\"heerver_id\":\"0\",\"maruSSSSSSSSINFO\xd1+\xdd\x8cINFOn\",onnect\xd1ion'\r\nPONG\r\n";
+    let limits = Limits {
+        max_control_line: 64,
+        max_connect_line: 256,
+        max_payload: 512,
+    };
+    let whole = run::<ServerToClient>(limits, &[stream]);
+    for i in 0..=stream.len() {
+        let split = run::<ServerToClient>(limits, &[&stream[..i], &stream[i..]]);
+        assert_eq!(split, whole, "split at {i}");
+    }
+}
