@@ -10,11 +10,13 @@ mod adversarial;
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use adversarial::{fuzz_seed, natsguard_counters, stress_seconds, Observer, Rng};
+use adversarial::{
+    b64, eddsa_token, fuzz_seed, natsguard_counters, stress_seconds, unix_now as now,
+    wait_for_counter, Observer, Rng,
+};
 use jwt_simple::prelude::*;
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{json, Value};
 use support::{JwksServer, Mesh, NatsServer, RawClient};
 
@@ -23,17 +25,6 @@ const OTHER_ISSUER: &str = "https://other.test";
 
 /// nats-server traces every protocol line it receives: the log shows what reached it.
 const TRACING_SERVER: &str = "trace: true\ndebug: true\n";
-
-fn b64(bytes: &[u8]) -> String {
-    Base64UrlSafeNoPadding::encode_to_string(bytes).expect("base64")
-}
-
-fn now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs()
-}
 
 struct Keys {
     ed: ed25519_compact::KeyPair,
@@ -58,17 +49,6 @@ impl Keys {
         ]})
         .to_string()
     }
-}
-
-/// A token with any header and payload, signed by `key` (EdDSA).
-fn signed(key: &ed25519_compact::KeyPair, header: &Value, payload: &Value) -> String {
-    let input = format!(
-        "{}.{}",
-        b64(header.to_string().as_bytes()),
-        b64(payload.to_string().as_bytes())
-    );
-    let signature = key.sk.sign(input.as_bytes(), None);
-    format!("{input}.{}", b64(signature.as_ref()))
 }
 
 fn header(kid: &str) -> Value {
@@ -124,23 +104,6 @@ fn policy(keys: &Keys) -> String {
     .to_string()
 }
 
-fn wait_for_counter(mesh: &Mesh, name: &str, at_least: u64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while natsguard_counters(&mesh.stats())
-        .get(name)
-        .copied()
-        .unwrap_or(0)
-        < at_least
-    {
-        assert!(
-            Instant::now() < deadline,
-            "{name} never reached {at_least}: {:?}",
-            natsguard_counters(&mesh.stats())
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// CONNECT with `field: token`, then frames that must never run; returns the replies.
 fn attack(port: u16, field: &str, token: &str) -> (String, bool) {
     let mut client = RawClient::connect(port);
@@ -170,7 +133,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
     let keys = Keys::new();
     let (mesh, _jwks) = mesh_with_idp(&keys);
     let observer = Observer::start(mesh.nats.port);
-    let valid = signed(&keys.ed, &header("ed1"), &payload(json!("acme")));
+    let valid = eddsa_token(&keys.ed, &header("ed1"), &payload(json!("acme")));
     let now = now();
     let [h, p, s]: [&str; 3] = valid
         .split('.')
@@ -225,7 +188,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "unknown kid",
-            signed(&keys.ed, &header("ed2"), &payload(json!("acme"))),
+            eddsa_token(&keys.ed, &header("ed2"), &payload(json!("acme"))),
             "auth_token",
             "jwt_unknown_kid",
         ),
@@ -245,7 +208,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
             "signature of another token",
             format!(
                 "{h}.{p}.{}",
-                signed(&keys.ed, &header("ed1"), &payload(json!("other")))
+                eddsa_token(&keys.ed, &header("ed1"), &payload(json!("other")))
                     .rsplit('.')
                     .next()
                     .expect("sig")
@@ -255,13 +218,13 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "signed by an unknown key",
-            signed(&keys.other_ed, &header("ed1"), &payload(json!("acme"))),
+            eddsa_token(&keys.other_ed, &header("ed1"), &payload(json!("acme"))),
             "auth_token",
             "jwt_bad_signature",
         ),
         (
             "expired",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "exp", json!(now - 60)),
@@ -271,7 +234,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "not yet valid",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "nbf", json!(now + 600)),
@@ -281,7 +244,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "issued in the future",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "iat", json!(now + 600)),
@@ -291,7 +254,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "wrong iss",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "iss", json!("https://evil.test")),
@@ -301,7 +264,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "iss differing in case",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "iss", json!("https://IDP.test")),
@@ -311,7 +274,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "wrong aud",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "aud", json!("other")),
@@ -321,7 +284,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "no aud",
-            signed(&keys.ed, &header("ed1"), &{
+            eddsa_token(&keys.ed, &header("ed1"), &{
                 let mut p = payload(json!("acme"));
                 p.as_object_mut().expect("object").remove("aud");
                 p
@@ -331,7 +294,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "another provider's issuer, this provider's key",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(
@@ -345,7 +308,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "another provider's token, this provider's audience",
-            signed(
+            eddsa_token(
                 &keys.other_ed,
                 &header("ed-other"),
                 &with(payload(json!("acme")), "iss", json!(OTHER_ISSUER)),
@@ -355,7 +318,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "oversized token",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &header("ed1"),
                 &with(payload(json!("acme")), "pad", json!("x".repeat(20_000))),
@@ -389,7 +352,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
         ),
         (
             "crit extension",
-            signed(
+            eddsa_token(
                 &keys.ed,
                 &with(header("ed1"), "crit", json!(["exp"])),
                 &payload(json!("acme")),
@@ -423,7 +386,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
     ] {
         attacks.push((
             "kid injection",
-            signed(&keys.ed, &header(kid), &payload(json!("acme"))),
+            eddsa_token(&keys.ed, &header(kid), &payload(json!("acme"))),
             "auth_token",
             "jwt_unknown_kid",
         ));
@@ -499,7 +462,7 @@ fn forged_stale_and_misdirected_tokens_are_refused_and_never_reach_nats_server()
 fn corrupted_tokens_are_refused() {
     let keys = Keys::new();
     let (mesh, _jwks) = mesh_with_idp(&keys);
-    let valid = signed(&keys.ed, &header("ed1"), &payload(json!("acme")));
+    let valid = eddsa_token(&keys.ed, &header("ed1"), &payload(json!("acme")));
     let seed = fuzz_seed(31337);
     let mut rng = Rng::new(seed);
     let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.=+/ ";
@@ -593,7 +556,7 @@ fn claim_values_never_widen_templated_permissions() {
     ];
     let mut checked = 0;
     for tid in &tids {
-        let token = signed(&keys.ed, &header("ed1"), &payload(tid.clone()));
+        let token = eddsa_token(&keys.ed, &header("ed1"), &payload(tid.clone()));
         let mut client = RawClient::connect(port);
         client.read_line();
         let mut frames = format!(

@@ -765,7 +765,7 @@ fn a_wildcard_subscriber_never_receives_a_denied_subject() {
     let seed = fuzz_seed(7_2026);
     let budget = stress_seconds().map(Duration::from_secs);
     let mut nats = NatsServer::start(None);
-    let relay = adversarial::ChunkingRelay::start(nats.port, seed);
+    let relay = adversarial::Relay::start(nats.port, Some(seed));
     let real_port = nats.port;
     // The mesh's tcp_proxy goes through the relay; `nats` still owns (and stops) the server.
     nats.port = relay.port;

@@ -1,13 +1,13 @@
 //! Shared pieces of the adversarial tests: a seeded RNG, the quick/stress knobs, an observer
 //! subscribed to `>` directly on nats-server, a parser for what the server sends, and a TCP relay
-//! that re-chunks the server's bytes.
+//! that re-chunks, delays or redirects a server's bytes.
 #![allow(dead_code)] // each adversarial test binary uses a different part
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -120,7 +120,9 @@ impl ServerFrames {
     }
 
     fn parse_one(&mut self) -> Option<usize> {
-        let line_end = self.buffer.windows(2).position(|w| w == b"\r\n")?;
+        // Control lines are short: searching a bounded prefix keeps 64 MB payloads linear.
+        let head = &self.buffer[..self.buffer.len().min(8192)];
+        let line_end = head.windows(2).position(|w| w == b"\r\n")?;
         let line = String::from_utf8_lossy(&self.buffer[..line_end]).into_owned();
         let after_line = line_end + 2;
         let args: Vec<&str> = line.split(' ').filter(|a| !a.is_empty()).collect();
@@ -246,31 +248,42 @@ impl Drop for Observer {
     }
 }
 
-/// A loopback TCP relay in front of `upstream`: client → server bytes pass as read, server →
-/// client bytes are cut at random points with short pauses, so the filter sees server frames in
-/// many chunkings. Stops (and drops every connection) when dropped.
-pub struct ChunkingRelay {
+/// A loopback TCP relay in front of an upstream port that tests can move (a restarted server) and
+/// slow down (a slow endpoint). With a chunking seed, server → client bytes are cut at random
+/// points with short pauses, so the filter sees server frames in many chunkings. Stops (and drops
+/// every connection) when dropped.
+pub struct Relay {
     pub port: u16,
+    upstream: Arc<AtomicU16>,
+    delay_ms: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     acceptor: Option<JoinHandle<()>>,
 }
 
-impl ChunkingRelay {
-    pub fn start(upstream: u16, seed: u64) -> ChunkingRelay {
+impl Relay {
+    pub fn start(upstream: u16, chunking_seed: Option<u64>) -> Relay {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind relay");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
         let stop = Arc::new(AtomicBool::new(false));
+        let upstream = Arc::new(AtomicU16::new(upstream));
+        let delay_ms = Arc::new(AtomicU64::new(0));
         let acceptor = {
-            let stop = Arc::clone(&stop);
+            let (stop, upstream, delay_ms) = (
+                Arc::clone(&stop),
+                Arc::clone(&upstream),
+                Arc::clone(&delay_ms),
+            );
             std::thread::spawn(move || {
-                let mut rng = Rng::new(seed);
+                let mut rng = Rng::new(chunking_seed.unwrap_or(0));
                 while !stop.load(Ordering::Relaxed) {
                     let Ok((client, _)) = listener.accept() else {
                         std::thread::sleep(Duration::from_millis(2));
                         continue;
                     };
-                    let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    let Ok(server) =
+                        TcpStream::connect(("127.0.0.1", upstream.load(Ordering::Relaxed)))
+                    else {
                         continue;
                     };
                     let _ = client.set_nonblocking(false);
@@ -284,16 +297,33 @@ impl ChunkingRelay {
                     );
                     let (stop_up, stop_down) = (Arc::clone(&stop), Arc::clone(&stop));
                     std::thread::spawn(move || pump(c2, s2, None, stop_up));
-                    let chunker = Rng::new(rng.next_u64());
-                    std::thread::spawn(move || pump(server, client, Some(chunker), stop_down));
+                    let chunker = chunking_seed.map(|_| Rng::new(rng.next_u64()));
+                    let delay = Duration::from_millis(delay_ms.load(Ordering::Relaxed));
+                    std::thread::spawn(move || {
+                        std::thread::sleep(delay);
+                        pump(server, client, chunker, stop_down)
+                    });
                 }
             })
         };
-        ChunkingRelay {
+        Relay {
             port,
+            upstream,
+            delay_ms,
             stop,
             acceptor: Some(acceptor),
         }
+    }
+
+    /// New connections go to `port` (existing ones keep theirs).
+    pub fn set_upstream(&self, port: u16) {
+        self.upstream.store(port, Ordering::Relaxed);
+    }
+
+    /// New connections get the upstream's answer only after `delay`.
+    pub fn set_delay(&self, delay: Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 }
 
@@ -342,7 +372,7 @@ pub fn write_chunked(to: &mut TcpStream, bytes: &[u8], rng: &mut Rng) -> std::io
     Ok(())
 }
 
-impl Drop for ChunkingRelay {
+impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(acceptor) = self.acceptor.take() {
@@ -362,4 +392,49 @@ pub fn natsguard_counters(stats: &BTreeMap<String, u64>) -> BTreeMap<String, u64
             ))
         })
         .collect()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+    Base64UrlSafeNoPadding::encode_to_string(bytes).expect("base64")
+}
+
+/// A JWT with any header and payload, signed by `key` (EdDSA).
+pub fn eddsa_token(
+    key: &ed25519_compact::KeyPair,
+    header: &serde_json::Value,
+    payload: &serde_json::Value,
+) -> String {
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(payload.to_string().as_bytes())
+    );
+    let signature = key.sk.sign(input.as_bytes(), None);
+    format!("{input}.{}", b64(signature.as_ref()))
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+/// Waits until natsguard's counter `name` reaches `at_least`.
+pub fn wait_for_counter(mesh: &crate::support::Mesh, name: &str, at_least: u64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while natsguard_counters(&mesh.stats())
+        .get(name)
+        .copied()
+        .unwrap_or(0)
+        < at_least
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{name} never reached {at_least}: {:?}",
+            natsguard_counters(&mesh.stats())
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
