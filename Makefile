@@ -1,7 +1,7 @@
 # natsguard — the two commands: `make run` (the demo) and `make test` (everything CI runs).
 WASM := target/wasm32-wasip1/release/natsguard.wasm
 
-.PHONY: build venv certs run test oci clean
+.PHONY: build venv certs run test bench oci clean
 
 ## build: the proxy-wasm module (toolchain detected: rustup wasm32-wasip1 target, or Debian's rustc-web)
 build:
@@ -22,6 +22,11 @@ run: build venv certs
 ## test: host unit/property/conformance tests and the real-Envoy integration tests
 test: build venv certs
 	cargo test --locked --no-fail-fast
+
+## bench: throughput, Envoy CPU per message, latency, CONNECT rate and idle memory of nats-server
+## direct, Envoy without and with natsguard, side by side; writes BENCHMARKS.md (not part of test)
+bench:
+	scripts/bench.sh
 
 ## oci: the module as an OCI image layout (Istio's Wasm "compat" format) in oci/natsguard
 oci: build

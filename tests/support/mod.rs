@@ -198,6 +198,16 @@ impl Mesh {
 
     /// With the `idp` cluster pointing at `idp_port` (a JWKS server of the test).
     pub fn start_with(policy_json: &str, nats: NatsServer, idp_port: u16) -> Mesh {
+        Self::start_mesh(Some(policy_json), nats, idp_port)
+    }
+
+    /// The same mesh (same listeners, same mTLS hops) without the natsguard filter: the
+    /// baseline of the benchmark.
+    pub fn start_without_filter(nats: NatsServer) -> Mesh {
+        Self::start_mesh(None, nats, IDP_PORT)
+    }
+
+    fn start_mesh(policy_json: Option<&str>, nats: NatsServer, idp_port: u16) -> Mesh {
         let dir = tempfile::tempdir().expect("tempdir");
         let identities = identities();
         let ports = free_ports(2 + identities.len());
@@ -280,6 +290,11 @@ impl Mesh {
         format!("nats://127.0.0.1:{}", self.port_of(identity))
     }
 
+    /// For the benchmark's CPU and memory accounting (`/proc/<pid>/...`).
+    pub fn envoy_pid(&self) -> u32 {
+        self.envoy.child.id()
+    }
+
     pub fn envoy_log(&self) -> String {
         read_log(&self.dir.path().join("envoy.log"))
     }
@@ -332,12 +347,13 @@ impl Mesh {
 }
 
 /// `envoy/mesh.yaml` with every known port moved, certificate and module paths made absolute and
-/// natsguard's configuration replaced: the committed harness is what the tests run.
+/// natsguard's configuration replaced (or, without a policy, the natsguard filter removed): the
+/// committed harness is what the tests run.
 pub fn render_mesh_config(
     ports: &BTreeMap<u16, u16>,
     certs: &Path,
     wasm: &Path,
-    policy_json: &str,
+    policy_json: Option<&str>,
 ) -> String {
     let text =
         std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
@@ -352,7 +368,7 @@ fn rewrite(
     ports: &BTreeMap<u16, u16>,
     certs: &Path,
     wasm: &Path,
-    policy: &str,
+    policy: Option<&str>,
 ) {
     use serde_yaml::Value;
     match value {
@@ -367,7 +383,7 @@ fn rewrite(
                         }
                     }
                     (Some("value"), Value::String(_)) if is_plugin_configuration => {
-                        *entry = Value::from(policy);
+                        *entry = Value::from(policy.unwrap_or_default());
                     }
                     (Some("filename"), Value::String(path)) => {
                         if let Some(name) = path.strip_prefix("envoy/certs/") {
@@ -380,9 +396,16 @@ fn rewrite(
                 }
             }
         }
-        Value::Sequence(items) => items
-            .iter_mut()
-            .for_each(|item| rewrite(item, ports, certs, wasm, policy)),
+        Value::Sequence(items) => {
+            if policy.is_none() {
+                items.retain(|item| {
+                    item.get("name").and_then(Value::as_str) != Some("envoy.filters.network.wasm")
+                });
+            }
+            items
+                .iter_mut()
+                .for_each(|item| rewrite(item, ports, certs, wasm, policy))
+        }
         _ => {}
     }
 }

@@ -1,0 +1,1018 @@
+//! natsguard's load generator and benchmark driver (`make bench` runs it through scripts/bench.sh).
+//!
+//! In one run it starts, one after the other, the four setups of the benchmark on loopback ports
+//! (with the test harness of tests/support, so the benchmark runs the committed envoy/mesh.yaml):
+//!   1. client → nats-server;
+//!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
+//!   3. as 2 with natsguard and an allow-all policy;
+//!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
+//! measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
+//! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
+//! per idle connection, and writes the Markdown report.
+//!
+//! Usage: cargo run --release --example loadgen -- [--out BENCHMARKS.md] [--seconds 2]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jwt_simple::prelude::*;
+use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
+use serde_json::{json, Map, Value};
+use support::{Mesh, NatsServer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+type Result<T> = std::result::Result<T, String>;
+
+const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
+const PUBLISHERS: [usize; 2] = [1, 16];
+/// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
+/// cutting the subscriber off as a slow consumer, without limiting the rate.
+const IN_FLIGHT_BYTES: usize = 8 << 20;
+const LATENCY_RATE_PER_SECOND: u64 = 1000;
+const LATENCY_REQUESTS: usize = 5000;
+const CONNECTS: usize = 200;
+const IDLE_CONNECTIONS: usize = 300;
+const ISSUER: &str = "https://idp.bench";
+const TENANT: &str = "acme";
+const PUBLISHER_PRINCIPAL: &str = "cluster.local/ns/billing/sa/publisher";
+
+// ---------------------------------------------------------------------------------------------
+// NATS on the wire: just enough client for the benchmark.
+
+/// Counts MSG/HMSG frames in the server's byte stream, skipping payloads by their size.
+#[derive(Default)]
+struct MsgReader {
+    line: Vec<u8>,
+    /// Payload bytes (with their CRLF) still to skip.
+    skip: usize,
+    complete: u64,
+    error: Option<String>,
+}
+
+impl MsgReader {
+    /// Feeds bytes; `on_header` sees each MSG/HMSG control line. Returns messages completed.
+    fn feed(&mut self, mut data: &[u8], mut on_header: impl FnMut(&[u8])) -> u64 {
+        let before = self.complete;
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = self.skip.min(data.len());
+                self.skip -= n;
+                data = &data[n..];
+                if self.skip == 0 {
+                    self.complete += 1;
+                }
+                continue;
+            }
+            let Some(end) = memchr::memchr(b'\n', data) else {
+                self.line.extend_from_slice(data);
+                break;
+            };
+            self.line.extend_from_slice(&data[..=end]);
+            data = &data[end + 1..];
+            let line = std::mem::take(&mut self.line);
+            if line.starts_with(b"MSG ") || line.starts_with(b"HMSG ") {
+                on_header(&line);
+                let size = line
+                    .split(|b| b.is_ascii_whitespace())
+                    .rfind(|token| !token.is_empty())
+                    .and_then(|token| std::str::from_utf8(token).ok()?.parse::<usize>().ok());
+                match size {
+                    Some(size) => self.skip = size + 2,
+                    None => self.error = Some(String::from_utf8_lossy(&line).into_owned()),
+                }
+            } else if line.starts_with(b"-ERR") {
+                self.error = Some(String::from_utf8_lossy(&line).trim().to_string());
+            }
+            self.line = line;
+            self.line.clear();
+        }
+        self.complete - before
+    }
+}
+
+/// A connected, authenticated NATS client (INFO read, CONNECT answered by PONG).
+async fn connect(port: u16, token: Option<&str>) -> Result<TcpStream> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| format!("connect to {port}: {e}"))?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    read_until(&mut stream, b"\r\n").await?;
+    let auth = token.map_or(String::new(), |t| format!(",\"auth_token\":\"{t}\""));
+    let connect = format!("CONNECT {{\"verbose\":false,\"pedantic\":false{auth}}}\r\nPING\r\n");
+    stream
+        .write_all(connect.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = read_until(&mut stream, b"PONG\r\n").await?;
+    if answer.starts_with(b"-ERR") {
+        return Err(format!(
+            "CONNECT refused: {}",
+            String::from_utf8_lossy(&answer).trim()
+        ));
+    }
+    Ok(stream)
+}
+
+/// Reads until the bytes received end with `end` (the control exchange of the handshake) or
+/// an `-ERR` line arrives.
+async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Result<Vec<u8>> {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Duration::from_secs(10);
+    while !received.ends_with(end) {
+        if received.starts_with(b"-ERR") && received.ends_with(b"\r\n") {
+            return Ok(received);
+        }
+        let n = tokio::time::timeout(deadline, stream.read(&mut buf))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "closed during handshake after {:?}",
+                String::from_utf8_lossy(&received)
+            ));
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    Ok(received)
+}
+
+/// Subscribes and waits for the server to have registered it (PING/PONG round trip).
+async fn subscribe(stream: &mut TcpStream, subject: &str) -> Result<()> {
+    stream
+        .write_all(format!("SUB {subject} 1\r\nPING\r\n").as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let answer = read_until(stream, b"PONG\r\n").await?;
+    if answer.starts_with(b"-ERR") {
+        return Err(format!(
+            "SUB {subject}: {}",
+            String::from_utf8_lossy(&answer).trim()
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The setups.
+
+enum Running {
+    Direct(NatsServer),
+    Mesh(Mesh),
+}
+
+struct Setup {
+    name: &'static str,
+    /// Subjects start with this (the JWT row's policy grants its tenant's subjects).
+    prefix: String,
+    token: Option<String>,
+    running: Running,
+}
+
+impl Setup {
+    fn port(&self) -> u16 {
+        match &self.running {
+            Running::Direct(nats) => nats.port,
+            Running::Mesh(mesh) => mesh.port_of("publisher"),
+        }
+    }
+
+    fn envoy_pid(&self) -> Option<u32> {
+        match &self.running {
+            Running::Direct(_) => None,
+            Running::Mesh(mesh) => Some(mesh.envoy_pid()),
+        }
+    }
+}
+
+fn allow_all_policy() -> String {
+    json!({
+        "identity": { "spiffe": { "required": true, "trust_domains": ["cluster.local"] } },
+        "default_action": "deny",
+        "rules": [{ "name": "everyone", "from": { "principals": ["*"] } }]
+    })
+    .to_string()
+}
+
+/// 1,000 rules in the shape of a multi-team deployment: per-team SPIFFE and claim rules with
+/// templates; the benchmark client's rules are the last ones.
+fn realistic_policy(jwks: &Value) -> String {
+    let mut rules: Vec<Value> = (0..998)
+        .map(|team| {
+            let from = if team % 2 == 0 {
+                json!({ "namespaces": [format!("team-{team}")] })
+            } else {
+                json!({ "claims": { "groups": [format!("team-{team}")] }, "request_principals": [format!("{ISSUER}/*")] })
+            };
+            json!({
+                "name": format!("team {team}"),
+                "from": from,
+                "permissions": {
+                    "publish": {
+                        "allow": [format!("svc.team-{team}.>"), format!("tenants.{{{{jwt.claim.tid}}}}.team-{team}.>"), "events.{{spiffe.namespace}}.*"],
+                        "deny": [format!("svc.team-{team}.admin.>")]
+                    },
+                    "subscribe": {
+                        "allow": ["_INBOX.>", format!("svc.team-{team}.events.*"), format!("svc.team-{team}.jobs.* workers")]
+                    },
+                    "allow_responses": { "max": 1, "expires": "5s" }
+                }
+            })
+        })
+        .collect();
+    rules.push(json!({
+        "name": "billing publisher",
+        "from": { "principals": [PUBLISHER_PRINCIPAL] },
+        "permissions": {
+            "publish": { "allow": ["bench.>", "_INBOX.>"], "deny": ["bench.admin.>"] },
+            "subscribe": { "allow": ["bench.>", "_INBOX.>"] }
+        }
+    }));
+    rules.push(json!({
+        "name": "tenant benchmark",
+        "from": { "claims": { "scp": ["bench"] }, "request_principals": [format!("{ISSUER}/*")] },
+        "permissions": {
+            "publish": { "allow": ["tenants.{{jwt.claim.tid}}.>", "_INBOX.>"], "deny": ["tenants.{{jwt.claim.tid}}.admin.>"] },
+            "subscribe": { "allow": ["tenants.{{jwt.claim.tid}}.>", "_INBOX.>"] }
+        }
+    }));
+    json!({
+        "identity": {
+            "spiffe": { "required": true, "trust_domains": ["cluster.local"] },
+            "jwt": {
+                "required": false,
+                "providers": [{
+                    "name": "bench-idp", "issuer": ISSUER, "audiences": ["nats"],
+                    "jwks": jwks, "algorithms": ["RS256"]
+                }]
+            }
+        },
+        "default_action": "deny",
+        "rules": rules
+    })
+    .to_string()
+}
+
+struct Idp {
+    key: RS256KeyPair,
+}
+
+impl Idp {
+    fn new() -> Result<Idp> {
+        Ok(Idp {
+            key: RS256KeyPair::generate(2048)
+                .map_err(|e| e.to_string())?
+                .with_key_id("bench"),
+        })
+    }
+
+    fn jwks(&self) -> Result<Value> {
+        let components = self.key.public_key().to_components();
+        let b64 = |bytes: &[u8]| Base64UrlSafeNoPadding::encode_to_string(bytes);
+        Ok(json!({ "keys": [{
+            "kty": "RSA", "kid": "bench", "use": "sig", "alg": "RS256",
+            "n": b64(&components.n).map_err(|e| e.to_string())?,
+            "e": b64(&components.e).map_err(|e| e.to_string())?
+        }] }))
+    }
+
+    /// A token for user `user` (distinct tokens: no verification can be reused).
+    fn token(&self, user: usize) -> Result<String> {
+        let custom: Map<String, Value> = [
+            ("tid".to_string(), json!(TENANT)),
+            ("scp".to_string(), json!("bench orders.read")),
+            ("groups".to_string(), json!(["team-1", "team-3"])),
+        ]
+        .into_iter()
+        .collect();
+        let claims =
+            Claims::with_custom_claims(custom, jwt_simple::prelude::Duration::from_hours(1))
+                .with_issuer(ISSUER)
+                .with_subject(format!("user-{user}"))
+                .with_audience("nats");
+        self.key.sign(claims).map_err(|e| e.to_string())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measurements.
+
+/// User + system CPU time of a process (all its threads), from the kernel's accounting.
+fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
+    // Fields after the command name (which is in parentheses and may contain spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .ok_or("unreadable /proc stat")?
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
+    let total = ticks(11).zip(ticks(12)).ok_or("no utime/stime")?;
+    Ok(Duration::from_secs_f64(
+        (total.0 + total.1) as f64 / clock_ticks_per_second(),
+    ))
+}
+
+fn clock_ticks_per_second() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn rss_bytes(pid: u32) -> Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| "no VmRSS".to_string())
+}
+
+/// Envoy's heap in use (tcmalloc's `allocated` from the admin `/memory`).
+fn envoy_heap(mesh: &Mesh) -> Result<u64> {
+    let body = support::http_get(mesh.admin_port, "/memory").map_err(|e| e.to_string())?;
+    let memory: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    memory["allocated"]
+        .as_str()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| "no allocated in /memory".to_string())
+}
+
+struct Throughput {
+    payload: usize,
+    publishers: usize,
+    messages: u64,
+    elapsed: Duration,
+    envoy_cpu: Option<Duration>,
+}
+
+impl Throughput {
+    fn per_second(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+    fn megabytes_per_second(&self) -> f64 {
+        self.per_second() * self.payload as f64 / 1e6
+    }
+    fn cpu_per_message_us(&self) -> Option<f64> {
+        self.envoy_cpu
+            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.messages as f64)
+    }
+}
+
+async fn throughput(
+    setup: &Setup,
+    payload: usize,
+    publishers: usize,
+    run_for: Duration,
+) -> Result<Throughput> {
+    let subject = format!("{}.data", setup.prefix);
+    let mut subscriber = connect(setup.port(), setup.token.as_deref()).await?;
+    subscribe(&mut subscriber, &subject).await?;
+    let received = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(std::sync::Mutex::new(None::<String>));
+    let (mut sub_read, _sub_write) = subscriber.into_split();
+    let counting = {
+        let (received, failed) = (Arc::clone(&received), Arc::clone(&failed));
+        tokio::spawn(async move {
+            let mut reader = MsgReader::default();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match sub_read.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let done = reader.feed(&buf[..n], |_| {});
+                        received.fetch_add(done, Ordering::Relaxed);
+                        if let Some(error) = reader.error.take() {
+                            *failed.lock().expect("lock") = Some(error);
+                        }
+                    }
+                }
+            }
+        })
+    };
+
+    let mut connections = Vec::new();
+    for _ in 0..publishers {
+        connections.push(connect(setup.port(), setup.token.as_deref()).await?);
+    }
+    let frame = [
+        format!("PUB {subject} {payload}\r\n").into_bytes(),
+        vec![b'x'; payload],
+        b"\r\n".to_vec(),
+    ]
+    .concat();
+    let per_batch = (65536 / frame.len()).max(1);
+    let batch = frame.repeat(per_batch);
+    let window = (IN_FLIGHT_BYTES / frame.len()).max(2 * per_batch * publishers) as u64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let cpu_before = setup.envoy_pid().map(cpu_time).transpose()?;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut connection in connections {
+        let (batch, sent, received, stop) = (
+            batch.clone(),
+            Arc::clone(&sent),
+            Arc::clone(&received),
+            Arc::clone(&stop),
+        );
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if sent.load(Ordering::Relaxed) > received.load(Ordering::Relaxed) + window {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    continue;
+                }
+                if connection.write_all(&batch).await.is_err() {
+                    return Err("publisher connection failed".to_string());
+                }
+                sent.fetch_add(per_batch as u64, Ordering::Relaxed);
+            }
+            Ok(connection)
+        }));
+    }
+    tokio::time::sleep(run_for).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut open = Vec::new();
+    for task in tasks {
+        open.push(task.await.map_err(|e| e.to_string())??);
+    }
+    let total = sent.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while received.load(Ordering::Relaxed) < total {
+        if let Some(error) = failed.lock().expect("lock").take() {
+            return Err(format!("subscriber got {error}"));
+        }
+        if Instant::now() > deadline || counting.is_finished() {
+            return Err(format!(
+                "subscriber received {} of {total} messages",
+                received.load(Ordering::Relaxed)
+            ));
+        }
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let elapsed = started.elapsed();
+    let cpu_after = setup.envoy_pid().map(cpu_time).transpose()?;
+    counting.abort();
+    drop(open);
+    Ok(Throughput {
+        payload,
+        publishers,
+        messages: total,
+        elapsed,
+        envoy_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+    })
+}
+
+struct Latency {
+    p50: Duration,
+    p99: Duration,
+    p999: Duration,
+}
+
+/// Request/reply round trips at a fixed rate, one in flight: a responder connection answers
+/// every request on `<prefix>.req` with a 16-byte reply.
+async fn latency(setup: &Setup) -> Result<Latency> {
+    let request_subject = format!("{}.req", setup.prefix);
+    let mut responder = connect(setup.port(), setup.token.as_deref()).await?;
+    subscribe(&mut responder, &request_subject).await?;
+    let (mut responder_read, mut responder_write) = responder.into_split();
+    let responding = tokio::spawn(async move {
+        let mut reader = MsgReader::default();
+        let mut buf = vec![0u8; 65536];
+        let mut replies = Vec::new();
+        while let Ok(n) = responder_read.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            reader.feed(&buf[..n], |header| {
+                let tokens: Vec<&[u8]> = header.split(|b| b.is_ascii_whitespace()).collect();
+                if let Some(reply) = tokens.get(3).filter(|_| tokens.len() >= 5) {
+                    replies.extend_from_slice(b"PUB ");
+                    replies.extend_from_slice(reply);
+                    replies.extend_from_slice(b" 16\r\n0123456789abcdef\r\n");
+                }
+            });
+            if !replies.is_empty() {
+                if responder_write.write_all(&replies).await.is_err() {
+                    break;
+                }
+                replies.clear();
+            }
+        }
+    });
+
+    let mut requester = connect(setup.port(), setup.token.as_deref()).await?;
+    subscribe(&mut requester, "_INBOX.bench.*").await?;
+    let (mut read, mut write) = requester.into_split();
+    let mut reader = MsgReader::default();
+    let warmup = 500;
+    let interval = Duration::from_micros(1_000_000 / LATENCY_RATE_PER_SECOND);
+    let mut samples = Vec::with_capacity(LATENCY_REQUESTS);
+    let mut next = tokio::time::Instant::now();
+    for i in 0..warmup + LATENCY_REQUESTS {
+        tokio::time::sleep_until(next).await;
+        next += interval;
+        let sent = Instant::now();
+        round_trip(&mut write, &mut read, &mut reader, &request_subject, i).await?;
+        if i >= warmup {
+            samples.push(sent.elapsed());
+        }
+    }
+    responding.abort();
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
+    Ok(Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+    })
+}
+
+async fn round_trip(
+    write: &mut OwnedWriteHalf,
+    read: &mut OwnedReadHalf,
+    reader: &mut MsgReader,
+    subject: &str,
+    i: usize,
+) -> Result<()> {
+    let request = format!("PUB {subject} _INBOX.bench.{i} 16\r\n0123456789abcdef\r\n");
+    write
+        .write_all(request.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), read.read(&mut buf))
+            .await
+            .map_err(|_| format!("no reply to request {i}"))?
+            .map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("requester connection closed".into());
+        }
+        if reader.feed(&buf[..n], |_| {}) > 0 {
+            return Ok(());
+        }
+        if let Some(error) = reader.error.take() {
+            return Err(error);
+        }
+    }
+}
+
+struct ConnectRate {
+    mean: Duration,
+    p50: Duration,
+}
+
+/// Sequential connections: TCP (and through the mesh, the mTLS hop), INFO, CONNECT, PING/PONG.
+async fn connect_rate(port: u16, tokens: Option<&[String]>) -> Result<ConnectRate> {
+    let mut samples = Vec::with_capacity(CONNECTS);
+    for i in 0..CONNECTS {
+        let token = tokens.map(|tokens| tokens[i % tokens.len()].as_str());
+        let started = Instant::now();
+        let connection = connect(port, token).await?;
+        samples.push(started.elapsed());
+        drop(connection);
+    }
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    samples.sort();
+    Ok(ConnectRate {
+        mean,
+        p50: samples[samples.len() / 2],
+    })
+}
+
+struct IdleMemory {
+    rss_per_connection: f64,
+    heap_per_connection: f64,
+}
+
+async fn idle_memory(setup: &Setup) -> Result<Option<IdleMemory>> {
+    let Running::Mesh(mesh) = &setup.running else {
+        return Ok(None);
+    };
+    let pid = mesh.envoy_pid();
+    let settle = Duration::from_millis(500);
+    tokio::time::sleep(settle).await;
+    let (rss_before, heap_before) = (rss_bytes(pid)?, envoy_heap(mesh)?);
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        idle.push(connect(setup.port(), setup.token.as_deref()).await?);
+    }
+    tokio::time::sleep(settle).await;
+    let (rss_after, heap_after) = (rss_bytes(pid)?, envoy_heap(mesh)?);
+    drop(idle);
+    tokio::time::sleep(settle).await;
+    let per = |before: u64, after: u64| (after as f64 - before as f64) / IDLE_CONNECTIONS as f64;
+    Ok(Some(IdleMemory {
+        rss_per_connection: per(rss_before, rss_after),
+        heap_per_connection: per(heap_before, heap_after),
+    }))
+}
+
+struct Results {
+    throughput: Vec<Throughput>,
+    latency: Latency,
+    connect: ConnectRate,
+    connect_jwt: Option<ConnectRate>,
+    memory: Option<IdleMemory>,
+}
+
+async fn measure(setup: &Setup, run_for: Duration, jwt_tokens: &[String]) -> Result<Results> {
+    eprintln!("loadgen: {}", setup.name);
+    // Warm-up: V8 tiers the module up, Envoy and nats-server allocate their buffers.
+    throughput(setup, 128, 1, Duration::from_millis(500)).await?;
+    let mut results = Vec::new();
+    for payload in PAYLOADS {
+        for publishers in PUBLISHERS {
+            let run = throughput(setup, payload, publishers, run_for).await?;
+            eprintln!(
+                "loadgen:   {payload:>6} B x{publishers:<2}: {:>10.0} msgs/s {:>8.1} MB/s, Envoy CPU {} µs/msg",
+                run.per_second(),
+                run.megabytes_per_second(),
+                run.cpu_per_message_us().map_or("-".into(), |c| format!("{c:.3}"))
+            );
+            results.push(run);
+        }
+    }
+    let latency = latency(setup).await?;
+    eprintln!(
+        "loadgen:   request/reply p50 {:?} p99 {:?} p99.9 {:?}",
+        latency.p50, latency.p99, latency.p999
+    );
+    let connect = connect_rate(setup.port(), None).await?;
+    let connect_jwt = match setup.token {
+        Some(_) => Some(connect_rate(setup.port(), Some(jwt_tokens)).await?),
+        None => None,
+    };
+    let memory = idle_memory(setup).await?;
+    Ok(Results {
+        throughput: results,
+        latency,
+        connect,
+        connect_jwt,
+        memory,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run and its report.
+
+struct Options {
+    out: String,
+    run_for: Duration,
+}
+
+fn options() -> Result<Options> {
+    let mut options = Options {
+        out: "BENCHMARKS.md".into(),
+        run_for: Duration::from_secs(2),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || args.next().ok_or(format!("{arg} needs a value"));
+        match arg.as_str() {
+            "--out" => options.out = value()?,
+            "--seconds" => {
+                let seconds: f64 = value()?.parse().map_err(|_| "--seconds: a number")?;
+                options.run_for = Duration::from_secs_f64(seconds);
+            }
+            _ => return Err(format!("unknown argument {arg} (--out FILE, --seconds N)")),
+        }
+    }
+    Ok(options)
+}
+
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("loadgen: {error}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Result<()> {
+    let options = options()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let idp = Idp::new()?;
+    let jwks = idp.jwks()?;
+    let tokens = (0..CONNECTS)
+        .map(|user| idp.token(user))
+        .collect::<Result<Vec<_>>>()?;
+
+    let mut rows = Vec::new();
+    let setups: [(&str, fn(&Value, &str) -> Setup); 4] = [
+        ("1. direct", |_, _| Setup {
+            name: "1. client → nats-server",
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Direct(NatsServer::start(None)),
+        }),
+        ("2. tcp_proxy", |_, _| Setup {
+            name: "2. Envoy mTLS + tcp_proxy",
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start_without_filter(NatsServer::start(None))),
+        }),
+        ("3. natsguard", |_, _| Setup {
+            name: "3. + natsguard, allow-all",
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&allow_all_policy())),
+        }),
+        ("4. natsguard 1k+JWT", |jwks, token| Setup {
+            name: "4. + natsguard, 1,000 rules, JWT",
+            prefix: format!("tenants.{TENANT}.bench"),
+            token: Some(token.to_string()),
+            running: Running::Mesh(Mesh::start(&realistic_policy(jwks))),
+        }),
+    ];
+    for (_, start) in setups {
+        let setup = start(&jwks, &tokens[0]);
+        let results = runtime.block_on(measure(&setup, options.run_for, &tokens))?;
+        rows.push((setup.name, results));
+    }
+    let report = report(&rows, started.elapsed());
+    std::fs::write(&options.out, report).map_err(|e| format!("{}: {e}", options.out))?;
+    eprintln!(
+        "loadgen: wrote {} in {:.0?}",
+        options.out,
+        started.elapsed()
+    );
+    Ok(())
+}
+
+fn command_output(program: &str, args: &[&str]) -> String {
+    std::process::Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|out| {
+            let text = if out.stdout.is_empty() {
+                out.stderr
+            } else {
+                out.stdout
+            };
+            String::from_utf8_lossy(&text).trim().to_string()
+        })
+        .unwrap_or_else(|| "?".into())
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("model name"))
+                .map(|name| name.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "?".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or("?".into(), |kb| format!("{:.1} GiB", kb as f64 / 1048576.0));
+    format!(
+        "{cpu}, {} cores, {memory} RAM, Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        command_output("uname", &["-r"])
+    )
+}
+
+fn ratio(value: f64, base: f64) -> String {
+    if base > 0.0 {
+        format!("{:.2}×", value / base)
+    } else {
+        "-".into()
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.0} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn verdict(pass: bool) -> &'static str {
+    if pass {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+fn report(rows: &[(&str, Results)], took: Duration) -> String {
+    let root = support::repo_root();
+    let venv = |name: &str| root.join(".venv/bin").join(name).display().to_string();
+    let envoy_version = command_output(&venv("envoy"), &["--version"]);
+    let envoy_version = envoy_version.split_whitespace().last().unwrap_or("?");
+    let wasm = root.join("target/wasm32-wasip1/release/natsguard.wasm");
+    let wasm_size = std::fs::metadata(&wasm).map_or(0, |m| m.len());
+    let commit = command_output(
+        "git",
+        &[
+            "-C",
+            &root.display().to_string(),
+            "describe",
+            "--always",
+            "--dirty",
+        ],
+    );
+    let mut out = String::new();
+    let w = &mut out;
+    let _ = writeln!(w, "# natsguard benchmarks\n");
+    let _ = writeln!(w, "Written by `make bench` (scripts/bench.sh → `cargo run --release --example loadgen -- --out BENCHMARKS.md`), {} UTC, in {:.0} s. Do not edit by hand: rerun `make bench`.\n", command_output("date", &["-u", "+%Y-%m-%d %H:%M"]), took.as_secs_f64());
+    let _ = writeln!(w, "- Machine: {}", machine());
+    let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
+    let _ = writeln!(w, "- Load generator: examples/loadgen.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
+    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS).");
+    let _ = writeln!(w, "- Throughput: publishers send for {}, with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", "the run time given by --seconds", IN_FLIGHT_BYTES >> 20);
+    let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
+    let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
+    let _ = writeln!(w, "- Idle memory: {IDLE_CONNECTIONS} connections opened and left idle; Envoy's RSS and tcmalloc heap (`/memory` allocated) before/after, per connection. The wasm VM's linear memory is not in the tcmalloc heap: the RSS delta includes it.\n");
+
+    let throughput_at = |row: usize, payload: usize, publishers: usize| {
+        rows.get(row).and_then(|(_, r)| {
+            r.throughput
+                .iter()
+                .find(|t| t.payload == payload && t.publishers == publishers)
+        })
+    };
+    // Targets.
+    let _ = writeln!(w, "## Targets\n\n| Target | Measured | |\n|---|---|---|");
+    for publishers in PUBLISHERS {
+        let base = throughput_at(1, 128, publishers);
+        for (row, limit) in [(2, 1.15), (3, 1.25)] {
+            if let (Some(b), Some(t)) = (base, throughput_at(row, 128, publishers)) {
+                if let (Some(bc), Some(tc)) = (b.cpu_per_message_us(), t.cpu_per_message_us()) {
+                    let r = tc / bc;
+                    let _ = writeln!(w, "| Envoy CPU/msg, 128 B, {publishers} publisher(s): row {} ≤ {limit}× row 2 | {r:.2}× ({tc:.2} vs {bc:.2} µs) | {} |", row + 1, verdict(r <= limit));
+                }
+            }
+        }
+        for (row, floor) in [(2, 0.90), (3, 0.85)] {
+            if let (Some(b), Some(t)) = (base, throughput_at(row, 128, publishers)) {
+                let r = t.per_second() / b.per_second();
+                let _ = writeln!(w, "| Throughput, 128 B, {publishers} publisher(s): row {} ≥ {:.0}% of row 2 | {:.0}% ({:.0} vs {:.0} msgs/s) | {} |", row + 1, floor * 100.0, r * 100.0, t.per_second(), b.per_second(), verdict(r >= floor));
+            }
+        }
+    }
+    if let (Some((_, r2)), Some((_, r3))) = (rows.get(1), rows.get(2)) {
+        let added = r3.latency.p99.as_secs_f64() * 1e6 - r2.latency.p99.as_secs_f64() * 1e6;
+        let _ = writeln!(
+            w,
+            "| p99 request/reply: row 3 within 50 µs of row 2 | {added:+.0} µs ({} vs {}) | {} |",
+            us(r3.latency.p99),
+            us(r2.latency.p99),
+            verdict(added <= 50.0)
+        );
+    }
+    if let Some((_, r4)) = rows.get(3) {
+        if let Some(jwt) = &r4.connect_jwt {
+            let added = (jwt.mean.as_secs_f64() - r4.connect.mean.as_secs_f64()) * 1e3;
+            let _ = writeln!(w, "| CONNECT with RS256 JWT adds ≤ 1 ms (row 4, mean, with vs without token) | {added:+.2} ms ({} vs {}) | {} |", ms(jwt.mean), ms(r4.connect.mean), verdict(added <= 1.0));
+        }
+    }
+    if let (Some(m2), Some(m3)) = (
+        rows.get(1).and_then(|r| r.1.memory.as_ref()),
+        rows.get(2).and_then(|r| r.1.memory.as_ref()),
+    ) {
+        let heap = m3.heap_per_connection - m2.heap_per_connection;
+        let rss = m3.rss_per_connection - m2.rss_per_connection;
+        let _ = writeln!(w, "| Filter state ≤ 4 KB per idle connection (row 3 − row 2) | heap {:+.1} KB, RSS {:+.1} KB | {} |", heap / 1024.0, rss / 1024.0, verdict(heap.max(rss) <= 4096.0));
+    }
+
+    let _ = writeln!(w, "\n## Publish throughput and Envoy CPU per message\n");
+    let _ = writeln!(w, "| Payload | Publishers | Setup | msgs/s | MB/s | × row 1 | × row 2 | Envoy CPU µs/msg | CPU × row 2 |\n|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    for payload in PAYLOADS {
+        for publishers in PUBLISHERS {
+            let direct = throughput_at(0, payload, publishers);
+            let proxy = throughput_at(1, payload, publishers);
+            for (row, (name, _)) in rows.iter().enumerate() {
+                let Some(t) = throughput_at(row, payload, publishers) else {
+                    continue;
+                };
+                let cpu = t.cpu_per_message_us();
+                let base_cpu = proxy.and_then(Throughput::cpu_per_message_us);
+                let _ = writeln!(
+                    w,
+                    "| {payload} B | {publishers} | {name} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                    t.per_second(),
+                    t.megabytes_per_second(),
+                    direct.map_or("-".into(), |d| ratio(t.per_second(), d.per_second())),
+                    if row == 0 {
+                        "-".into()
+                    } else {
+                        proxy.map_or("-".into(), |p| ratio(t.per_second(), p.per_second()))
+                    },
+                    cpu.map_or("-".into(), |c| format!("{c:.2}")),
+                    cpu.zip(base_cpu).map_or("-".into(), |(c, b)| ratio(c, b))
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## Request/reply latency ({LATENCY_RATE_PER_SECOND} requests/s)\n"
+    );
+    let _ = writeln!(
+        w,
+        "| Setup | p50 | p99 | p99.9 | p99 × row 1 | p99 − row 2 |\n|---|---:|---:|---:|---:|---:|"
+    );
+    for (row, (name, r)) in rows.iter().enumerate() {
+        let l = &r.latency;
+        let _ = writeln!(
+            w,
+            "| {name} | {} | {} | {} | {} | {} |",
+            us(l.p50),
+            us(l.p99),
+            us(l.p999),
+            ratio(l.p99.as_secs_f64(), rows[0].1.latency.p99.as_secs_f64()),
+            if row < 1 {
+                "-".into()
+            } else {
+                format!(
+                    "{:+.0} µs",
+                    (l.p99.as_secs_f64() - rows[1].1.latency.p99.as_secs_f64()) * 1e6
+                )
+            }
+        );
+    }
+
+    let _ = writeln!(w, "\n## CONNECT rate ({CONNECTS} sequential connections)\n");
+    let _ = writeln!(w, "| Setup | Client | mean | p50 | connections/s | mean − row 2 |\n|---|---|---:|---:|---:|---:|");
+    for (row, (name, r)) in rows.iter().enumerate() {
+        let mut lines = vec![("SPIFFE only", &r.connect)];
+        if let Some(jwt) = &r.connect_jwt {
+            lines.push(("SPIFFE + RS256 JWT", jwt));
+        }
+        for (client, c) in lines {
+            let _ = writeln!(
+                w,
+                "| {name} | {client} | {} | {} | {:.0} | {} |",
+                ms(c.mean),
+                ms(c.p50),
+                1.0 / c.mean.as_secs_f64(),
+                if row < 1 {
+                    "-".into()
+                } else {
+                    format!(
+                        "{:+.2} ms",
+                        (c.mean.as_secs_f64() - rows[1].1.connect.mean.as_secs_f64()) * 1e3
+                    )
+                }
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## Envoy memory per idle connection ({IDLE_CONNECTIONS} connections)\n"
+    );
+    let _ = writeln!(w, "| Setup | RSS / connection | heap / connection | RSS − row 2 | heap − row 2 |\n|---|---:|---:|---:|---:|");
+    let base = rows.get(1).and_then(|r| r.1.memory.as_ref());
+    for (name, r) in rows {
+        let Some(m) = &r.memory else { continue };
+        let _ = writeln!(
+            w,
+            "| {name} | {:.1} KB | {:.1} KB | {} | {} |",
+            m.rss_per_connection / 1024.0,
+            m.heap_per_connection / 1024.0,
+            base.map_or("-".into(), |b| format!(
+                "{:+.1} KB",
+                (m.rss_per_connection - b.rss_per_connection) / 1024.0
+            )),
+            base.map_or("-".into(), |b| format!(
+                "{:+.1} KB",
+                (m.heap_per_connection - b.heap_per_connection) / 1024.0
+            ))
+        );
+    }
+    out
+}
