@@ -144,6 +144,21 @@ fn claims_and_templates_decide_what_a_token_holder_may_publish() {
 }
 
 #[test]
+fn envoys_vms_share_one_jwks_fetch() {
+    let idp = Idp::new();
+    let jwks = JwksServer::start(200, &idp.jwks());
+    let mesh = Mesh::start_with(&policy(60), NatsServer::start(None), jwks.port);
+    wait_for_stat(&mesh, "jwks_refresh_ok", 1);
+    // Every VM (main thread, each worker) ticks; by now each would have fetched on its own.
+    std::thread::sleep(Duration::from_millis(500));
+    let requests = jwks.requests.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(requests, 1, "one fetch for all VMs");
+    let token = idp.token("acme", Duration::from_secs(600));
+    let (replies, _) = session(mesh.port_of("publisher"), &token, b"", 1);
+    assert_eq!(replies, "PONG\r\n", "the worker VM uses the shared keys");
+}
+
+#[test]
 fn invalid_tokens_are_refused_with_their_reason() {
     let idp = Idp::new();
     let jwks = JwksServer::start(200, &idp.jwks());

@@ -9,6 +9,7 @@
 
 mod host;
 mod metrics;
+mod shared_jwks;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -25,7 +26,8 @@ use crate::policy::{self, TrustedProxySeed};
 /// The root context's period: deferred closes, token expiry, JWKS refresh.
 const TICK: Duration = Duration::from_millis(50);
 const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// After a failed JWKS fetch, the next attempt waits this long (never hammer a failing IdP).
+/// After a failed JWKS fetch, no VM fetches that provider again for this long (never hammer a
+/// failing IdP).
 const JWKS_RETRY: Duration = Duration::from_secs(2);
 
 proxy_wasm::main! {{
@@ -45,8 +47,8 @@ struct Root {
     gate: Option<Rc<Gate>>,
     /// In-flight JWKS fetches: call token → provider name.
     fetches: BTreeMap<u32, String>,
-    /// Providers whose last fetch failed → when to try again.
-    retry_at: BTreeMap<String, Duration>,
+    /// Version of each provider's shared JWKS document this VM applied.
+    applied_jwks: BTreeMap<String, u32>,
 }
 
 fn now() -> Duration {
@@ -107,7 +109,9 @@ impl Root {
                 .remote_jwks_due(now_secs)
                 .into_iter()
                 .filter(|provider| !self.fetches.values().any(|p| p == provider))
-                .filter(|provider| self.retry_at.get(*provider).is_none_or(|at| *at <= now))
+                .filter(|provider| {
+                    shared_jwks::take_lease(provider, now, JWKS_FETCH_TIMEOUT + TICK)
+                })
                 .filter_map(|provider| {
                     sources
                         .get(provider)
@@ -133,15 +137,41 @@ impl Root {
                 }
                 Err(status) => {
                     metrics::count("jwks_refresh_failed");
-                    self.retry_at.insert(provider.clone(), now + JWKS_RETRY);
+                    shared_jwks::back_off(&provider, now, JWKS_RETRY);
                     log(LogLevel::Warn, &format!("natsguard: JWKS fetch for provider {provider} from cluster {} not dispatched: {status:?}", source.cluster));
                 }
             }
         }
     }
 
-    /// Gives every connection of this VM its tick: deferred closes, expiries, JWKS waits.
-    fn service_connections(&self, keys_changed: bool) {
+    /// Applies JWKS documents another VM fetched.
+    fn adopt_shared_jwks(&mut self) {
+        let Some(gate) = &self.gate else { return };
+        let providers: Vec<String> = gate
+            .authenticator
+            .borrow()
+            .remote_jwks_sources()
+            .into_iter()
+            .map(|(provider, _)| provider.to_string())
+            .collect();
+        for provider in providers {
+            let seen = self.applied_jwks.get(&provider).copied();
+            let Some((document, version)) = shared_jwks::newer_than(&provider, seen) else {
+                continue;
+            };
+            self.applied_jwks.insert(provider.clone(), version);
+            // Only good documents are published, so this cannot fail on a document another VM
+            // accepted; if it does, the last good keys stay.
+            let _ = gate.authenticator.borrow_mut().update_remote_jwks(
+                &provider,
+                &document,
+                now().as_secs(),
+            );
+        }
+    }
+
+    /// Deferred closes, and retries of connections waiting for keys; on a tick also expiries.
+    fn service_connections(&self, tick: bool) {
         for id in PENDING_CLOSES.with(|closes| std::mem::take(&mut *closes.borrow_mut())) {
             if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
                 let _ = host::close_connection();
@@ -164,7 +194,7 @@ impl Root {
                         release_held(verdict);
                     }
                 }
-            } else if !keys_changed {
+            } else if tick {
                 if let Some(close) = connection.tick(now) {
                     if proxy_wasm::hostcalls::set_effective_context(id).is_ok()
                         && close == Close::Now
@@ -225,16 +255,18 @@ impl Context for Root {
         };
         match result {
             Ok(()) => {
-                self.retry_at.remove(&provider);
+                if let Some(version) = shared_jwks::publish(&provider, &body) {
+                    self.applied_jwks.insert(provider.clone(), version);
+                }
                 metrics::count("jwks_refresh_ok");
                 log(
                     LogLevel::Info,
                     &format!("natsguard: JWKS of provider {provider} refreshed"),
                 );
-                self.service_connections(true);
+                self.service_connections(false);
             }
             Err(reason) => {
-                self.retry_at.insert(provider.clone(), now() + JWKS_RETRY);
+                shared_jwks::back_off(&provider, now(), JWKS_RETRY);
                 metrics::count("jwks_refresh_failed");
                 log(LogLevel::Warn, &format!("natsguard: JWKS refresh of provider {provider} failed ({reason}); keeping the last good keys"));
             }
@@ -263,7 +295,8 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
-        self.service_connections(false);
+        self.adopt_shared_jwks();
+        self.service_connections(true);
         self.fetch_due_jwks();
     }
 
