@@ -857,8 +857,10 @@ impl Connection {
     /// Whether a MSG/HMSG reaches the client: nats-server's deny-on-delivery filter, the
     /// subscription's UNSUB max, and allow_responses bookkeeping of its reply subject.
     fn deliver(&mut self, subject: &str, sid: &str, reply: Option<&str>, now: Duration) -> bool {
+        // Only an established session has subscriptions; a closing connection gets nothing
+        // more (its delivery filter must not lapse while its last replies are in flight).
         let State::Established(session) = &mut self.state else {
-            return true;
+            return false;
         };
         let queue = session
             .subscriptions

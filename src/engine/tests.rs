@@ -177,6 +177,19 @@ fn deliveries_of_denied_subjects_are_filtered_for_overlapping_wildcards() {
 }
 
 #[test]
+fn a_closing_connection_gets_no_more_deliveries() {
+    let mut connection = connected(billing_policy(), Some(PUBLISHER));
+    client(&mut connection, b"SUB billing.* 1\r\n");
+    client(&mut connection, b"PUB billing.a 1\r\nxy\r\n");
+    let (downstream, close) = server(
+        &mut connection,
+        b"MSG billing.secret 1 1\r\ns\r\nMSG billing.open 1 1\r\no\r\nPONG\r\n",
+    );
+    assert_eq!(downstream, b"-ERR 'Unknown Protocol Operation'\r\n");
+    assert_eq!(close, Some(Close::AfterWrite));
+}
+
+#[test]
 fn reply_subjects_of_delivered_messages_become_publishable_once() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
     client(&mut connection, b"SUB billing.rpc 1\r\n");
