@@ -1,7 +1,7 @@
 # natsguard — the two commands: `make run` (the demo) and `make test` (everything CI runs).
 WASM := target/wasm32-wasip1/release/natsguard.wasm
 
-.PHONY: build venv certs run test bench oci clean
+.PHONY: build venv certs run test stress bench oci clean
 
 ## build: the proxy-wasm module (toolchain detected: rustup wasm32-wasip1 target, or Debian's rustc-web)
 build:
@@ -22,6 +22,12 @@ run: build venv certs
 ## test: host unit/property/conformance tests and the real-Envoy integration tests
 test: build venv certs
 	cargo test --locked --no-fail-fast
+
+## stress: the adversarial tests' long forms (smuggling and delivery fuzz, JWT corruption fuzz, soak
+## with 1,000 churning connections), each for NATSGUARD_STRESS_SECONDS (default 300); see docs/hardening.md
+stress: build venv certs
+	NATSGUARD_STRESS_SECONDS=$${NATSGUARD_STRESS_SECONDS:-300} cargo test --locked --no-fail-fast \
+		--test adversarial_smuggling --test adversarial_jwt --test adversarial_soak -- --nocapture
 
 ## bench: throughput, Envoy CPU per message, latency, CONNECT rate and idle memory of nats-server
 ## direct, Envoy without and with natsguard, side by side; writes BENCHMARKS.md (not part of test)
