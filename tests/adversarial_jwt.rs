@@ -599,3 +599,62 @@ fn claim_values_never_widen_templated_permissions() {
         tids.len()
     );
 }
+
+/// Frames that arrive while a connection waits for the first key set are held, then checked
+/// like any other once the keys come: split at every point of the stream.
+#[test]
+fn frames_held_while_the_first_keys_load_are_checked_like_any_other() {
+    let keys = Keys::new();
+    let jwks = JwksServer::start(503, "unavailable");
+    let mesh = Mesh::start_with(&policy(&keys), NatsServer::start(None), jwks.port);
+    wait_for_counter(&mesh, "jwks_refresh_failed", 1);
+    let observer = Observer::start(mesh.nats.port);
+    let token = eddsa_token(&keys.ed, &header("ed1"), &payload(json!("acme")));
+    let connect = format!(
+        "CONNECT {}\r\n",
+        json!({ "verbose": false, "headers": true, "auth_token": token })
+    );
+    let mut stream = connect.into_bytes();
+    let frames_start = stream.len();
+    stream.extend_from_slice(
+        b"PUB ops.a 2\r\nhi\r\nPUB deny.x 2\r\nno\r\nHPUB ops.h 37 39\r\nNATS/1.0\r\nNats-Trace-Dest: deny.t\r\n\r\nhi\r\nPING\r\n",
+    );
+    let splits: Vec<usize> = (frames_start - 20..stream.len()).collect();
+    let port = mesh.port_of("publisher");
+    let all_sent = std::sync::Barrier::new(splits.len() + 1);
+    let replies: Vec<String> = std::thread::scope(|scope| {
+        let clients: Vec<_> = splits
+            .iter()
+            .map(|&split| {
+                let (stream, all_sent) = (&stream, &all_sent);
+                scope.spawn(move || {
+                    let mut client = RawClient::connect(port);
+                    client.read_line();
+                    client.send(&stream[..split]);
+                    std::thread::sleep(Duration::from_millis(30));
+                    client.send(&stream[split..]);
+                    all_sent.wait();
+                    let (bytes, _) =
+                        client.read_until(Duration::from_secs(10), |b| b.ends_with(b"PONG\r\n"));
+                    String::from_utf8_lossy(&bytes).into_owned()
+                })
+            })
+            .collect();
+        all_sent.wait();
+        jwks.set(200, &keys.jwks());
+        clients
+            .into_iter()
+            .map(|c| c.join().expect("client"))
+            .collect()
+    });
+    for (split, reply) in splits.iter().zip(&replies) {
+        assert_eq!(
+            reply,
+            "-ERR 'Permissions Violation for Publish to \"deny.x\"'\r\n-ERR 'Permissions Violation for Publish to \"deny.t\"'\r\nPONG\r\n",
+            "split at {split}"
+        );
+    }
+    observer.sync();
+    let subjects: Vec<String> = observer.take().into_iter().map(|m| m.subject).collect();
+    assert_eq!(subjects, vec!["ops.a".to_string(); splits.len()]);
+}
