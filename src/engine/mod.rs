@@ -35,6 +35,9 @@ pub const AWAIT_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
 /// Client bytes kept while a connection waits for keys (CONNECT is followed by PING, then the
 /// client waits; more than this is not a real client).
 pub const MAX_HELD_BYTES: usize = 64 * 1024;
+/// Longest server control line natsguard reads: a MSG line carries the publisher's subject and
+/// reply (each up to the server's limit) plus the sid, and INFO can list many cluster URLs.
+pub const MAX_SERVER_CONTROL_LINE: usize = 64 * 1024;
 /// After a token expired, how long to wait for server bytes to carry the `-ERR` before closing
 /// without it.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(2);
@@ -173,7 +176,10 @@ impl Connection {
             gate,
             state: State::AwaitingConnect,
             client: ClientParser::new(limits),
-            server: ServerParser::new(limits),
+            server: ServerParser::new(Limits {
+                max_control_line: MAX_SERVER_CONTROL_LINE,
+                ..limits
+            }),
             client_payload: PayloadFate::Forward,
             server_payload: PayloadFate::Forward,
             pongs: VecDeque::new(),

@@ -177,6 +177,18 @@ fn deliveries_of_denied_subjects_are_filtered_for_overlapping_wildcards() {
 }
 
 #[test]
+fn deliveries_may_exceed_the_client_control_line_limit() {
+    let mut connection = connected(billing_policy(), Some(PUBLISHER));
+    client(&mut connection, b"SUB billing.> 1\r\n");
+    let subject = format!("billing.{}", "x".repeat(4088));
+    let line = format!("MSG {subject} 1 _INBOX.{} 1\r\nm\r\n", "r".repeat(100));
+    assert_eq!(
+        connection.server_data(line.as_bytes(), NOW).forward,
+        Forward::Unchanged
+    );
+}
+
+#[test]
 fn a_closing_connection_gets_no_more_deliveries() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));
     client(&mut connection, b"SUB billing.* 1\r\n");
