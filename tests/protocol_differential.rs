@@ -14,12 +14,11 @@
 //! The expected verdict of each case is in the table, so a change of behaviour shows up as
 //! a named case.
 
+mod support;
+
 use natsguard::protocol::{ClientItem, ClientOp, ClientParser, Connect, Limits, Operation};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// What natsguard must make of a case.
@@ -174,65 +173,6 @@ fn cases() -> Vec<Case> {
 // ---------------------------------------------------------------------------------------
 // nats-server and raw connections
 
-/// Kills the server when the test ends, also on failure.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn nats_server_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let binary = root.join(".venv/bin/nats-server");
-    if !binary.exists() {
-        let status = Command::new("sh")
-            .arg(root.join("scripts/ensure-runtime.sh"))
-            .status();
-        assert!(
-            status.is_ok_and(|s| s.success()) && binary.exists(),
-            "nats-server not found at {}; run scripts/ensure-runtime.sh",
-            binary.display()
-        );
-    }
-    binary
-}
-
-fn start_server() -> Server {
-    let mut child = Command::new(nats_server_binary())
-        .args(["-a", "127.0.0.1", "-p", "-1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start nats-server");
-    let stderr = child.stderr.take().expect("stderr");
-    let (found, port) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(address) = line.split("Listening for client connections on ").nth(1) {
-                let port = address
-                    .rsplit(':')
-                    .next()
-                    .and_then(|p| p.trim().parse::<u16>().ok());
-                let _ = found.send(port);
-            }
-        }
-    });
-    // The guard exists before waiting, so a server that never reports its port is killed.
-    let mut server = Server { child, port: 0 };
-    server.port = port
-        .recv_timeout(Duration::from_secs(10))
-        .ok()
-        .flatten()
-        .expect("nats-server port");
-    server
-}
-
 /// A message delivered to a connection.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Delivery {
@@ -369,13 +309,13 @@ impl Conn {
 }
 
 struct Harness {
-    server: Server,
+    server: support::NatsServer,
     observer: Conn,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let server = start_server();
+        let server = support::NatsServer::start(None);
         let mut observer = Conn::open(server.port);
         observer.send(CONNECT);
         observer.send(b"SUB > 1\r\nPING\r\n");
