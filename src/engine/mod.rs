@@ -424,7 +424,12 @@ impl Connection {
                             out.insert(&refusal);
                         }
                         (State::Established(session), ClientOp::Pub { subject, .. }) => {
-                            match publish_verdict(session, subject, &[], now) {
+                            match publish_verdict(
+                                session,
+                                subject,
+                                &TraceDestinations::default(),
+                                now,
+                            ) {
                                 Ok(()) => {
                                     self.report.counters.publish_allowed += 1;
                                     forward_line(&mut out);
@@ -909,46 +914,65 @@ fn forward_control_line<O: Operation>(out: &mut Rewrite, line: &ControlLine<O>) 
     }
 }
 
-/// nats-server's publish checks in its order: the message-trace destination named by a
-/// `Nats-Trace-Dest` header is a publish of its own (server/msgtrace.go), then the subject.
-/// `Err` carries the subject the violation names.
+/// nats-server's publish checks in its order: the message-trace destination it reads from a
+/// `Nats-Trace-Dest` header is a publish of its own (server/msgtrace.go), then the subject; then
+/// the destinations only natsguard checks. `Err` carries the subject the violation names, so a
+/// frame nats-server would refuse too gets its error word for word.
 fn publish_verdict(
     session: &mut Session,
     subject: &str,
-    trace_destinations: &[String],
+    traces: &TraceDestinations,
     now: Duration,
 ) -> Result<(), String> {
-    for destination in trace_destinations {
+    let server_order = traces
+        .read_by_server
+        .iter()
+        .map(String::as_str)
+        .chain([subject])
+        .chain(traces.others.iter().map(String::as_str));
+    for destination in server_order {
         if !session
             .permissions
             .check_publish(destination.as_bytes(), now)
         {
-            return Err(destination.clone());
+            return Err(destination.to_string());
         }
     }
-    if session.permissions.check_publish(subject.as_bytes(), now) {
-        Ok(())
-    } else {
-        Err(subject.to_string())
-    }
+    Ok(())
 }
 
-/// The values of `Nats-Trace-Dest` headers in an HPUB header block. nats-server reads the first
-/// one, only with that exact key and after a `NATS/1.0` line; natsguard is stricter and checks
-/// every one, in any letter case, after any first line, so no spelling of it escapes the check.
-fn trace_destinations(headers: &[u8]) -> Vec<String> {
-    const KEY: &[u8] = b"nats-trace-dest";
-    headers
-        .split(|&b| b == b'\n')
-        .skip(1)
-        .filter_map(|line| {
-            let line = line.strip_suffix(b"\r").unwrap_or(line);
-            let colon = line.iter().position(|&b| b == b':')?;
-            let key = line[..colon].trim_ascii();
-            key.eq_ignore_ascii_case(KEY)
-                .then(|| String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned())
-        })
-        .collect()
+/// The `Nats-Trace-Dest` values of an HPUB header block.
+#[derive(Default)]
+struct TraceDestinations {
+    /// The one nats-server reads: the first with exactly that key, in a block that starts with
+    /// `NATS/1.0\r\n`.
+    read_by_server: Option<String>,
+    /// Every other occurrence, in any letter case, after any first line: natsguard is stricter,
+    /// so no spelling of the header escapes the check.
+    others: Vec<String>,
+}
+
+fn trace_destinations(headers: &[u8]) -> TraceDestinations {
+    const KEY: &[u8] = b"Nats-Trace-Dest";
+    let mut traces = TraceDestinations::default();
+    let server_reads_traces = headers.starts_with(b"NATS/1.0\r\n");
+    for line in headers.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let key = line[..colon].trim_ascii();
+        if !key.eq_ignore_ascii_case(KEY) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+        if server_reads_traces && key == KEY && traces.read_by_server.is_none() {
+            traces.read_by_server = Some(value);
+        } else {
+            traces.others.push(value);
+        }
+    }
+    traces
 }
 
 enum Decision {

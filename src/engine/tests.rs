@@ -366,3 +366,29 @@ fn a_server_that_requires_tls_is_refused() {
         "server_requires_tls"
     );
 }
+
+#[test]
+fn a_denied_hpub_names_what_nats_server_names_then_what_only_natsguard_checks() {
+    // (header name, subject, the subject the error names): nats-server reads only the exact
+    // `Nats-Trace-Dest`, before the subject; natsguard checks other spellings after it.
+    for (key, subject, named) in [
+        ("Nats-Trace-Dest", "secret.x", "secret.t"),
+        ("nats-trace-dest", "secret.x", "secret.x"),
+        ("nats-trace-dest", "billing.a", "secret.t"),
+    ] {
+        let mut connection = connected(billing_policy(), Some(PUBLISHER));
+        let headers = format!("NATS/1.0\r\n{key}: secret.t\r\n\r\n");
+        let frame = format!(
+            "HPUB {subject} {} {}\r\n{headers}hi\r\n",
+            headers.len(),
+            headers.len() + 2
+        );
+        assert_eq!(client(&mut connection, frame.as_bytes()), b"PING\r\n");
+        let (downstream, _) = server(&mut connection, b"PONG\r\n");
+        assert_eq!(
+            String::from_utf8_lossy(&downstream),
+            format!("-ERR 'Permissions Violation for Publish to \"{named}\"'\r\n"),
+            "{key} on {subject}"
+        );
+    }
+}
