@@ -458,12 +458,66 @@ impl Generator {
 /// What a stream run observed on the client side.
 struct ClientOutcome {
     closed: bool,
+    /// What the client received after the handshake.
+    replies: Vec<u8>,
+    /// The replies differ from what nats-server itself sends (see `oracle_differs`).
+    differential: Option<String>,
+}
+
+const CONNECT: &[u8] =
+    b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n";
+
+/// The restricted publisher's permissions as a nats-server user: the oracle for replies.
+const ORACLE_CONFIG: &str = r#"
+authorization { users: [ { user: restricted, password: pw, permissions: {
+  publish: { allow: ["ok.>", "_INBOX.>"], deny: ["ok.secret", "ok.secret.>"] },
+  subscribe: { allow: ["_INBOX.>"] } } } ] }
+"#;
+const ORACLE_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1,\"user\":\"restricted\",\"pass\":\"pw\"}\r\n";
+
+/// Reply lines the comparison ignores: per-connection INFO, and the server's own PINGs.
+fn comparable(replies: &[u8]) -> String {
+    String::from_utf8_lossy(replies)
+        .split_inclusive('\n')
+        .filter(|line| !line.starts_with("INFO ") && *line != "PING\r\n")
+        .collect()
+}
+
+/// For a stream every side reads the same way, the client must see exactly what nats-server
+/// with the same permissions would send it (every -ERR in its place).
+fn oracle_differs(
+    oracle_port: u16,
+    frames: &[Frame],
+    stream_id: u64,
+    replies: &[u8],
+) -> Option<String> {
+    let comparable_stream = frames
+        .iter()
+        .all(|f| !f.disruptive && f.expect != Expect::Maybe);
+    if !comparable_stream {
+        return None;
+    }
+    let (_, oracle) = run_stream(
+        oracle_port,
+        ORACLE_CONNECT,
+        None,
+        frames,
+        stream_id,
+        &mut Rng::new(0),
+    );
+    let (expected, got) = (comparable(&oracle.replies), comparable(replies));
+    (expected != got).then(|| {
+        format!(
+            "replies differ from nats-server's:\n nats-server: {expected:?}\n natsguard:   {got:?}"
+        )
+    })
 }
 
 /// Runs one stream on `conn` (connecting first when `conn` is None): chunked writes, then a
 /// PING; waits for every PONG unless the stream is disruptive.
 fn run_stream(
     port: u16,
+    connect: &[u8],
     conn: Option<TcpStream>,
     frames: &[Frame],
     stream_id: u64,
@@ -480,16 +534,21 @@ fn run_stream(
     };
     let mut bytes = Vec::new();
     if fresh {
-        bytes.extend_from_slice(
-            b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n",
-        );
+        bytes.extend_from_slice(connect);
     }
     bytes.extend(render(frames, stream_id));
     let disruptive = frames.iter().any(|f| f.disruptive);
     bytes.extend_from_slice(b"PING\r\n");
     let pongs_wanted = 1 + frames.iter().map(|f| f.pings).sum::<usize>();
     if write_chunked(&mut stream, &bytes, rng).is_err() {
-        return (None, ClientOutcome { closed: true });
+        return (
+            None,
+            ClientOutcome {
+                closed: true,
+                replies: Vec::new(),
+                differential: None,
+            },
+        );
     }
     let timeout = if disruptive {
         Duration::from_millis(150)
@@ -528,10 +587,19 @@ fn run_stream(
             None,
             ClientOutcome {
                 closed: closed || pongs < pongs_wanted,
+                replies: received,
+                differential: None,
             },
         );
     }
-    (Some(stream), ClientOutcome { closed: false })
+    (
+        Some(stream),
+        ClientOutcome {
+            closed: false,
+            replies: received,
+            differential: None,
+        },
+    )
 }
 
 /// Checks the invariant for one stream; an error describes the violation.
@@ -541,6 +609,9 @@ fn check_stream(
     seen: &[Delivered],
     outcome: &ClientOutcome,
 ) -> Result<(), String> {
+    if let Some(difference) = &outcome.differential {
+        return Err(difference.clone());
+    }
     for message in seen {
         if !may_publish(&message.subject) {
             return Err(format!("denied subject reached nats-server: {message:?}"));
@@ -597,19 +668,22 @@ fn check_stream(
 fn replay(
     mesh: &Mesh,
     observer: &Observer,
+    oracle_port: u16,
     frames: &[Frame],
     stream_id: u64,
     chunk_seed: u64,
 ) -> Result<(), String> {
     observer.sync();
     observer.take();
-    let (_conn, outcome) = run_stream(
+    let (_conn, mut outcome) = run_stream(
         mesh.port_of("publisher"),
+        CONNECT,
         None,
         frames,
         stream_id,
         &mut Rng::new(chunk_seed),
     );
+    outcome.differential = oracle_differs(oracle_port, frames, stream_id, &outcome.replies);
     std::thread::sleep(Duration::from_millis(200));
     observer.sync();
     let seen: Vec<Delivered> = observer
@@ -624,6 +698,7 @@ fn replay(
 fn minimise_and_save(
     mesh: &Mesh,
     observer: &Observer,
+    oracle_port: u16,
     seed: u64,
     mut frames: Vec<Frame>,
     chunk_seed: u64,
@@ -636,7 +711,14 @@ fn minimise_and_save(
         let mut candidate = frames.clone();
         candidate.remove(index);
         replay_id += 1;
-        match replay(mesh, observer, &candidate, replay_id, chunk_seed) {
+        match replay(
+            mesh,
+            observer,
+            oracle_port,
+            &candidate,
+            replay_id,
+            chunk_seed,
+        ) {
             Err(e) => {
                 frames = candidate;
                 error = e;
@@ -661,6 +743,8 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
     eprintln!("smuggling fuzz: seed {seed} (NATSGUARD_FUZZ_SEED), budget {budget:?}");
     let mesh = Mesh::start(POLICY);
     let observer = Observer::start(mesh.nats.port);
+    let oracle = NatsServer::start(Some(ORACLE_CONFIG));
+    let oracle_port = oracle.port;
     let port = mesh.port_of("publisher");
     let started = Instant::now();
     let workers = 3u64;
@@ -685,13 +769,16 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         let stream_id = worker * 10_000_000 + number;
                         let frames = generator.stream();
                         let chunk_seed = generator.rng.next_u64();
-                        let (next, outcome) = run_stream(
+                        let (next, mut outcome) = run_stream(
                             port,
+                            CONNECT,
                             conn.take(),
                             &frames,
                             stream_id,
                             &mut Rng::new(chunk_seed),
                         );
+                        outcome.differential =
+                            oracle_differs(oracle_port, &frames, stream_id, &outcome.replies);
                         conn = next;
                         runs.push((stream_id, chunk_seed, frames, outcome));
                         number += 1;
@@ -724,10 +811,20 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
             support::contains(&render(frames, *id), message.subject.as_bytes())
         }) {
             for attempt in 0..3 {
-                if replay(&mesh, &observer, frames, 80_000_000 + attempt, *chunk_seed).is_err() {
+                if replay(
+                    &mesh,
+                    &observer,
+                    oracle_port,
+                    frames,
+                    80_000_000 + attempt,
+                    *chunk_seed,
+                )
+                .is_err()
+                {
                     let report = minimise_and_save(
                         &mesh,
                         &observer,
+                        oracle_port,
                         seed,
                         frames.clone(),
                         *chunk_seed,
@@ -746,8 +843,15 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
         mutated += usize::from(frames.iter().any(|f| f.disruptive));
         connections += usize::from(outcome.closed || frames.iter().any(|f| f.disruptive));
         if let Err(error) = check_stream(frames, *stream_id, &seen, outcome) {
-            let report =
-                minimise_and_save(&mesh, &observer, seed, frames.clone(), *chunk_seed, &error);
+            let report = minimise_and_save(
+                &mesh,
+                &observer,
+                oracle_port,
+                seed,
+                frames.clone(),
+                *chunk_seed,
+                &error,
+            );
             panic!("stream {stream_id}: {error}\nminimised:\n{report}");
         }
     }

@@ -195,14 +195,8 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
 
     // Warm-up at full concurrency: the VM's heap and Envoy's pools reach their working size.
     let warmup = Arc::new(Tally::default());
-    soak(
-        'w',
-        &mesh,
-        connections,
-        Duration::from_secs(2),
-        Arc::clone(&warmup),
-    )
-    .await;
+    let warmup_time = Duration::from_secs(2).max(duration / 10);
+    soak('w', &mesh, connections, warmup_time, Arc::clone(&warmup)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss_baseline, allocated_baseline) = (envoy_rss_kb(&mesh), envoy_allocated(&mesh));
 
@@ -267,8 +261,10 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
         "{counters:?}"
     );
 
-    // Memory back at the baseline: a leak of per-connection state grows with the cycles (over a
-    // stress run's 100,000+ connections, 8 MB is under 100 bytes per connection).
+    // Memory back at the baseline: a leak of per-connection state grows with the cycles. Envoy's
+    // own heap (tcmalloc) must be flat; its RSS also holds the Wasm VM's linear memory, which
+    // keeps its high-water mark (measured: +6 MB after 19,000 and +8 MB after 65,000
+    // connections, so not proportional): 16 MB is ~120 bytes per connection of a 300 s run.
     let cycles = tally.cycles.load(Ordering::Relaxed) + tally.refused.load(Ordering::Relaxed);
     eprintln!(
         "soak: {connections} concurrent clients, {cycles} connections in {elapsed:?}, {published} messages, \
@@ -283,7 +279,7 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
         "Envoy's allocated memory grew from {allocated_baseline} to {allocated_after} bytes"
     );
     assert!(
-        rss_after <= rss_baseline + 8 * 1024,
+        rss_after <= rss_baseline + 16 * 1024,
         "Envoy's RSS grew from {rss_baseline} kB to {rss_after} kB"
     );
 }
