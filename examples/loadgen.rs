@@ -34,6 +34,8 @@ const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
 const PUBLISHERS: [usize; 2] = [1, 16];
 /// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
 /// cutting the subscriber off as a slow consumer, without limiting the rate.
+/// Runs per throughput figure; the report shows the median.
+const ROUNDS: usize = 3;
 const IN_FLIGHT_BYTES: usize = 8 << 20;
 const LATENCY_RATE_PER_SECOND: u64 = 1000;
 const LATENCY_REQUESTS: usize = 5000;
@@ -41,6 +43,8 @@ const CONNECTS: usize = 200;
 const IDLE_CONNECTIONS: usize = 300;
 const ISSUER: &str = "https://idp.bench";
 const TENANT: &str = "acme";
+/// Everything from this heading on in the report is written by hand and kept by reruns.
+const ANALYSIS_HEADING: &str = "## Where the time goes";
 const PUBLISHER_PRINCIPAL: &str = "cluster.local/ns/billing/sa/publisher";
 
 // ---------------------------------------------------------------------------------------------
@@ -356,21 +360,37 @@ fn envoy_heap(mesh: &Mesh) -> Result<u64> {
 struct Throughput {
     payload: usize,
     publishers: usize,
-    messages: u64,
-    elapsed: Duration,
-    envoy_cpu: Option<Duration>,
+    per_second: f64,
+    cpu_per_message_us: Option<f64>,
 }
 
 impl Throughput {
     fn per_second(&self) -> f64 {
-        self.messages as f64 / self.elapsed.as_secs_f64()
+        self.per_second
     }
     fn megabytes_per_second(&self) -> f64 {
-        self.per_second() * self.payload as f64 / 1e6
+        self.per_second * self.payload as f64 / 1e6
     }
     fn cpu_per_message_us(&self) -> Option<f64> {
-        self.envoy_cpu
-            .map(|cpu| cpu.as_secs_f64() * 1e6 / self.messages as f64)
+        self.cpu_per_message_us
+    }
+
+    /// The median of each figure over repeated runs (the cores are shared: single runs vary).
+    fn median(runs: &[Throughput]) -> Throughput {
+        let median = |mut values: Vec<f64>| {
+            values.sort_by(f64::total_cmp);
+            values[values.len() / 2]
+        };
+        Throughput {
+            payload: runs[0].payload,
+            publishers: runs[0].publishers,
+            per_second: median(runs.iter().map(|run| run.per_second).collect()),
+            cpu_per_message_us: runs
+                .iter()
+                .map(|run| run.cpu_per_message_us)
+                .collect::<Option<Vec<f64>>>()
+                .map(median),
+        }
     }
 }
 
@@ -473,9 +493,10 @@ async fn throughput(
     Ok(Throughput {
         payload,
         publishers,
-        messages: total,
-        elapsed,
-        envoy_cpu: cpu_before.zip(cpu_after).map(|(b, a)| a - b),
+        per_second: total as f64 / elapsed.as_secs_f64(),
+        cpu_per_message_us: cpu_before
+            .zip(cpu_after)
+            .map(|(before, after)| (after - before).as_secs_f64() * 1e6 / total as f64),
     })
 }
 
@@ -608,13 +629,20 @@ async fn idle_memory(setup: &Setup) -> Result<Option<IdleMemory>> {
     };
     let pid = mesh.envoy_pid();
     let settle = Duration::from_millis(500);
+    let open_idle = || async {
+        let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+        for _ in 0..IDLE_CONNECTIONS {
+            idle.push(connect(setup.port(), setup.token.as_deref()).await?);
+        }
+        tokio::time::sleep(settle).await;
+        Ok::<_, String>(idle)
+    };
+    // A first round grows the allocators' pools (and the wasm VM's linear memory) to what this
+    // many connections need; the measured round then shows what a connection keeps.
+    drop(open_idle().await?);
     tokio::time::sleep(settle).await;
     let (rss_before, heap_before) = (rss_bytes(pid)?, envoy_heap(mesh)?);
-    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
-    for _ in 0..IDLE_CONNECTIONS {
-        idle.push(connect(setup.port(), setup.token.as_deref()).await?);
-    }
-    tokio::time::sleep(settle).await;
+    let idle = open_idle().await?;
     let (rss_after, heap_after) = (rss_bytes(pid)?, envoy_heap(mesh)?);
     drop(idle);
     tokio::time::sleep(settle).await;
@@ -640,7 +668,11 @@ async fn measure(setup: &Setup, run_for: Duration, jwt_tokens: &[String]) -> Res
     let mut results = Vec::new();
     for payload in PAYLOADS {
         for publishers in PUBLISHERS {
-            let run = throughput(setup, payload, publishers, run_for).await?;
+            let mut runs = Vec::with_capacity(ROUNDS);
+            for _ in 0..ROUNDS {
+                runs.push(throughput(setup, payload, publishers, run_for).await?);
+            }
+            let run = Throughput::median(&runs);
             eprintln!(
                 "loadgen:   {payload:>6} B x{publishers:<2}: {:>10.0} msgs/s {:>8.1} MB/s, Envoy CPU {} µs/msg",
                 run.per_second(),
@@ -681,7 +713,7 @@ struct Options {
 fn options() -> Result<Options> {
     let mut options = Options {
         out: "BENCHMARKS.md".into(),
-        run_for: Duration::from_secs(2),
+        run_for: Duration::from_millis(1500),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -751,7 +783,14 @@ fn run() -> Result<()> {
         let results = runtime.block_on(measure(&setup, options.run_for, &tokens))?;
         rows.push((setup.name, results));
     }
-    let report = report(&rows, started.elapsed());
+    let mut report = report(&rows, started.elapsed(), options.run_for);
+    // The hand-written analysis at the end of the file survives a rerun.
+    if let Ok(previous) = std::fs::read_to_string(&options.out) {
+        if let Some(at) = previous.find(ANALYSIS_HEADING) {
+            report.push('\n');
+            report.push_str(&previous[at..]);
+        }
+    }
     std::fs::write(&options.out, report).map_err(|e| format!("{}: {e}", options.out))?;
     eprintln!(
         "loadgen: wrote {} in {:.0?}",
@@ -826,7 +865,7 @@ fn verdict(pass: bool) -> &'static str {
     }
 }
 
-fn report(rows: &[(&str, Results)], took: Duration) -> String {
+fn report(rows: &[(&str, Results)], took: Duration, run_for: Duration) -> String {
     let root = support::repo_root();
     let venv = |name: &str| root.join(".venv/bin").join(name).display().to_string();
     let envoy_version = command_output(&venv("envoy"), &["--version"]);
@@ -851,10 +890,10 @@ fn report(rows: &[(&str, Results)], took: Duration) -> String {
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: examples/loadgen.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
     let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS).");
-    let _ = writeln!(w, "- Throughput: publishers send for {}, with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", "the run time given by --seconds", IN_FLIGHT_BYTES >> 20);
+    let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {}, with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", format!("{:.1} s (`--seconds`)", run_for.as_secs_f64()), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
-    let _ = writeln!(w, "- Idle memory: {IDLE_CONNECTIONS} connections opened and left idle; Envoy's RSS and tcmalloc heap (`/memory` allocated) before/after, per connection. The wasm VM's linear memory is not in the tcmalloc heap: the RSS delta includes it.\n");
+    let _ = writeln!(w, "- Idle memory: {IDLE_CONNECTIONS} connections opened and closed once (the allocators and the wasm memory grow to that size), then opened again and left idle; Envoy's RSS and tcmalloc heap (`/memory` allocated) before/after, per connection. The wasm VM's linear memory is not in the tcmalloc heap: the RSS delta includes it.\n");
 
     let throughput_at = |row: usize, payload: usize, publishers: usize| {
         rows.get(row).and_then(|(_, r)| {
