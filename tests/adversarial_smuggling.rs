@@ -462,10 +462,20 @@ struct ClientOutcome {
     replies: Vec<u8>,
     /// The replies differ from what nats-server itself sends (see `oracle_differs`).
     differential: Option<String>,
+    /// The connection's CONNECT asked for verbose replies.
+    verbose: bool,
 }
 
-const CONNECT: &[u8] =
-    b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1}\r\n";
+/// The CONNECT of a fuzzed connection; the oracle's carries the user's credentials.
+fn connect_line(verbose: bool, oracle: bool) -> Vec<u8> {
+    let credentials = if oracle {
+        ",\"user\":\"restricted\",\"pass\":\"pw\""
+    } else {
+        ""
+    };
+    format!("CONNECT {{\"verbose\":{verbose},\"pedantic\":false,\"headers\":true,\"protocol\":1{credentials}}}\r\n")
+        .into_bytes()
+}
 
 /// The restricted publisher's permissions as a nats-server user: the oracle for replies.
 const ORACLE_CONFIG: &str = r#"
@@ -473,7 +483,6 @@ authorization { users: [ { user: restricted, password: pw, permissions: {
   publish: { allow: ["ok.>", "_INBOX.>"], deny: ["ok.secret", "ok.secret.>"] },
   subscribe: { allow: ["_INBOX.>"] } } } ] }
 "#;
-const ORACLE_CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"protocol\":1,\"user\":\"restricted\",\"pass\":\"pw\"}\r\n";
 
 /// Reply lines the comparison ignores: per-connection INFO, and the server's own PINGs.
 fn comparable(replies: &[u8]) -> String {
@@ -484,12 +493,16 @@ fn comparable(replies: &[u8]) -> String {
 }
 
 /// For a stream every side reads the same way, the client must see exactly what nats-server
-/// with the same permissions would send it (every -ERR in its place).
+/// with the same permissions would send it (every -ERR and, verbose, every +OK in its place).
+/// `fresh`: the stream began its connection (the oracle's always does, so its CONNECT's +OK is
+/// dropped otherwise).
 fn oracle_differs(
     oracle_port: u16,
     frames: &[Frame],
     stream_id: u64,
     replies: &[u8],
+    verbose: bool,
+    fresh: bool,
 ) -> Option<String> {
     let comparable_stream = frames
         .iter()
@@ -499,13 +512,17 @@ fn oracle_differs(
     }
     let (_, oracle) = run_stream(
         oracle_port,
-        ORACLE_CONNECT,
+        &connect_line(verbose, true),
         None,
         frames,
         stream_id,
         &mut Rng::new(0),
     );
-    let (expected, got) = (comparable(&oracle.replies), comparable(replies));
+    let mut expected = comparable(&oracle.replies);
+    if verbose && !fresh {
+        expected = expected.replacen("+OK\r\n", "", 1);
+    }
+    let got = comparable(replies);
     (expected != got).then(|| {
         format!(
             "replies differ from nats-server's:\n nats-server: {expected:?}\n natsguard:   {got:?}"
@@ -547,6 +564,7 @@ fn run_stream(
                 closed: true,
                 replies: Vec::new(),
                 differential: None,
+                verbose: false,
             },
         );
     }
@@ -589,6 +607,7 @@ fn run_stream(
                 closed: closed || pongs < pongs_wanted,
                 replies: received,
                 differential: None,
+                verbose: false,
             },
         );
     }
@@ -598,6 +617,7 @@ fn run_stream(
             closed: false,
             replies: received,
             differential: None,
+            verbose: false,
         },
     )
 }
@@ -669,6 +689,7 @@ fn replay(
     mesh: &Mesh,
     observer: &Observer,
     oracle_port: u16,
+    verbose: bool,
     frames: &[Frame],
     stream_id: u64,
     chunk_seed: u64,
@@ -677,13 +698,20 @@ fn replay(
     observer.take();
     let (_conn, mut outcome) = run_stream(
         mesh.port_of("publisher"),
-        CONNECT,
+        &connect_line(verbose, false),
         None,
         frames,
         stream_id,
         &mut Rng::new(chunk_seed),
     );
-    outcome.differential = oracle_differs(oracle_port, frames, stream_id, &outcome.replies);
+    outcome.differential = oracle_differs(
+        oracle_port,
+        frames,
+        stream_id,
+        &outcome.replies,
+        verbose,
+        true,
+    );
     std::thread::sleep(Duration::from_millis(200));
     observer.sync();
     let seen: Vec<Delivered> = observer
@@ -699,6 +727,7 @@ fn minimise_and_save(
     mesh: &Mesh,
     observer: &Observer,
     oracle_port: u16,
+    verbose: bool,
     seed: u64,
     mut frames: Vec<Frame>,
     chunk_seed: u64,
@@ -715,6 +744,7 @@ fn minimise_and_save(
             mesh,
             observer,
             oracle_port,
+            verbose,
             &candidate,
             replay_id,
             chunk_seed,
@@ -728,7 +758,7 @@ fn minimise_and_save(
     }
     let path = adversarial::repro_dir().join(format!("smuggling-seed{seed}-{chunk_seed}.txt"));
     let body = format!(
-        "seed {seed}, chunking seed {chunk_seed}\nerror: {error}\nstream (CONNECT first, PING last):\nb\"{}\"\n",
+        "seed {seed}, chunking seed {chunk_seed}, verbose {verbose}\nerror: {error}\nstream (after CONNECT, PING last):\nb\"{}\"\n",
         escaped(&render(&frames, replay_id))
     );
     std::fs::write(&path, &body).expect("write reproducer");
@@ -756,6 +786,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         rng: Rng::new(seed ^ (worker + 1) * 0x1234_5678),
                     };
                     let mut conn = None;
+                    let mut verbose = false;
                     let mut runs = Vec::new();
                     let mut number = 0u64;
                     loop {
@@ -769,16 +800,27 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         let stream_id = worker * 10_000_000 + number;
                         let frames = generator.stream();
                         let chunk_seed = generator.rng.next_u64();
+                        let fresh = conn.is_none();
+                        if fresh {
+                            verbose = generator.rng.chance(30);
+                        }
                         let (next, mut outcome) = run_stream(
                             port,
-                            CONNECT,
+                            &connect_line(verbose, false),
                             conn.take(),
                             &frames,
                             stream_id,
                             &mut Rng::new(chunk_seed),
                         );
-                        outcome.differential =
-                            oracle_differs(oracle_port, &frames, stream_id, &outcome.replies);
+                        outcome.verbose = verbose;
+                        outcome.differential = oracle_differs(
+                            oracle_port,
+                            &frames,
+                            stream_id,
+                            &outcome.replies,
+                            verbose,
+                            fresh,
+                        );
                         conn = next;
                         runs.push((stream_id, chunk_seed, frames, outcome));
                         number += 1;
@@ -807,7 +849,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
     if let Some(message) = untagged_violation {
         let error = format!("denied subject reached nats-server: {message:?}");
         // Find the stream: replay those that mention the subject, each alone.
-        for (_, chunk_seed, frames, _) in runs.iter().filter(|(id, _, frames, _)| {
+        for (_, chunk_seed, frames, outcome) in runs.iter().filter(|(id, _, frames, _)| {
             support::contains(&render(frames, *id), message.subject.as_bytes())
         }) {
             for attempt in 0..3 {
@@ -815,6 +857,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                     &mesh,
                     &observer,
                     oracle_port,
+                    outcome.verbose,
                     frames,
                     80_000_000 + attempt,
                     *chunk_seed,
@@ -825,6 +868,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         &mesh,
                         &observer,
                         oracle_port,
+                        outcome.verbose,
                         seed,
                         frames.clone(),
                         *chunk_seed,
@@ -847,6 +891,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                 &mesh,
                 &observer,
                 oracle_port,
+                outcome.verbose,
                 seed,
                 frames.clone(),
                 *chunk_seed,
