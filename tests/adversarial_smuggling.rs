@@ -462,19 +462,49 @@ struct ClientOutcome {
     replies: Vec<u8>,
     /// The replies differ from what nats-server itself sends (see `oracle_differs`).
     differential: Option<String>,
-    /// The connection's CONNECT asked for verbose replies.
-    verbose: bool,
+    /// How the connection's CONNECT was written.
+    connect: ConnectStyle,
 }
 
-/// The CONNECT of a fuzzed connection; the oracle's carries the user's credentials.
-fn connect_line(verbose: bool, oracle: bool) -> Vec<u8> {
-    let credentials = if oracle {
-        ",\"user\":\"restricted\",\"pass\":\"pw\""
-    } else {
-        ""
-    };
-    format!("CONNECT {{\"verbose\":{verbose},\"pedantic\":false,\"headers\":true,\"protocol\":1{credentials}}}\r\n")
+/// How a connection's CONNECT is written, drawn from a number: verbose on 30% of connections,
+/// and the spellings nats-server accepts (op name case, separator, key case, bare LF).
+#[derive(Clone, Copy, Debug)]
+struct ConnectStyle(u64);
+
+impl ConnectStyle {
+    fn verbose(self) -> bool {
+        self.0 % 10 < 3
+    }
+
+    fn pick<'a>(self, shift: u32, options: &[&'a str]) -> &'a str {
+        options[((self.0 >> shift) % options.len() as u64) as usize]
+    }
+
+    /// The CONNECT line; the oracle's carries the user's credentials.
+    fn line(self, oracle: bool) -> Vec<u8> {
+        let key = |name: &str, shift: u32| match self.pick(shift, &["lower", "Title", "UPPER"]) {
+            "lower" => name.to_string(),
+            "Title" => name[..1].to_uppercase() + &name[1..],
+            _ => name.to_uppercase(),
+        };
+        let credentials = if oracle {
+            ",\"user\":\"restricted\",\"pass\":\"pw\""
+        } else {
+            ""
+        };
+        format!(
+            "{}{}{{\"{}\":{},\"{}\":false,\"{}\":true,\"{}\":1{credentials}}}{}",
+            self.pick(8, &["CONNECT", "connect", "Connect"]),
+            self.pick(12, &[" ", "", "\t", "  \t"]),
+            key("verbose", 16),
+            self.verbose(),
+            key("pedantic", 20),
+            key("headers", 24),
+            key("protocol", 28),
+            self.pick(32, &["\r\n", "\n"]),
+        )
         .into_bytes()
+    }
 }
 
 /// The restricted publisher's permissions as a nats-server user: the oracle for replies.
@@ -501,7 +531,7 @@ fn oracle_differs(
     frames: &[Frame],
     stream_id: u64,
     replies: &[u8],
-    verbose: bool,
+    connect: ConnectStyle,
     fresh: bool,
 ) -> Option<String> {
     let comparable_stream = frames
@@ -512,14 +542,14 @@ fn oracle_differs(
     }
     let (_, oracle) = run_stream(
         oracle_port,
-        &connect_line(verbose, true),
+        &connect.line(true),
         None,
         frames,
         stream_id,
         &mut Rng::new(0),
     );
     let mut expected = comparable(&oracle.replies);
-    if verbose && !fresh {
+    if connect.verbose() && !fresh {
         expected = expected.replacen("+OK\r\n", "", 1);
     }
     let got = comparable(replies);
@@ -564,7 +594,7 @@ fn run_stream(
                 closed: true,
                 replies: Vec::new(),
                 differential: None,
-                verbose: false,
+                connect: ConnectStyle(0),
             },
         );
     }
@@ -607,7 +637,7 @@ fn run_stream(
                 closed: closed || pongs < pongs_wanted,
                 replies: received,
                 differential: None,
-                verbose: false,
+                connect: ConnectStyle(0),
             },
         );
     }
@@ -617,7 +647,7 @@ fn run_stream(
             closed: false,
             replies: received,
             differential: None,
-            verbose: false,
+            connect: ConnectStyle(0),
         },
     )
 }
@@ -689,7 +719,7 @@ fn replay(
     mesh: &Mesh,
     observer: &Observer,
     oracle_port: u16,
-    verbose: bool,
+    connect: ConnectStyle,
     frames: &[Frame],
     stream_id: u64,
     chunk_seed: u64,
@@ -698,7 +728,7 @@ fn replay(
     observer.take();
     let (_conn, mut outcome) = run_stream(
         mesh.port_of("publisher"),
-        &connect_line(verbose, false),
+        &connect.line(false),
         None,
         frames,
         stream_id,
@@ -709,7 +739,7 @@ fn replay(
         frames,
         stream_id,
         &outcome.replies,
-        verbose,
+        connect,
         true,
     );
     std::thread::sleep(Duration::from_millis(200));
@@ -727,7 +757,7 @@ fn minimise_and_save(
     mesh: &Mesh,
     observer: &Observer,
     oracle_port: u16,
-    verbose: bool,
+    connect: ConnectStyle,
     seed: u64,
     mut frames: Vec<Frame>,
     chunk_seed: u64,
@@ -744,7 +774,7 @@ fn minimise_and_save(
             mesh,
             observer,
             oracle_port,
-            verbose,
+            connect,
             &candidate,
             replay_id,
             chunk_seed,
@@ -758,7 +788,7 @@ fn minimise_and_save(
     }
     let path = adversarial::repro_dir().join(format!("smuggling-seed{seed}-{chunk_seed}.txt"));
     let body = format!(
-        "seed {seed}, chunking seed {chunk_seed}, verbose {verbose}\nerror: {error}\nstream (after CONNECT, PING last):\nb\"{}\"\n",
+        "seed {seed}, chunking seed {chunk_seed}, {connect:?}\nerror: {error}\nstream (after CONNECT, PING last):\nb\"{}\"\n",
         escaped(&render(&frames, replay_id))
     );
     std::fs::write(&path, &body).expect("write reproducer");
@@ -786,7 +816,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         rng: Rng::new(seed ^ (worker + 1) * 0x1234_5678),
                     };
                     let mut conn = None;
-                    let mut verbose = false;
+                    let mut connect = ConnectStyle(0);
                     let mut runs = Vec::new();
                     let mut number = 0u64;
                     loop {
@@ -802,23 +832,23 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         let chunk_seed = generator.rng.next_u64();
                         let fresh = conn.is_none();
                         if fresh {
-                            verbose = generator.rng.chance(30);
+                            connect = ConnectStyle(generator.rng.next_u64());
                         }
                         let (next, mut outcome) = run_stream(
                             port,
-                            &connect_line(verbose, false),
+                            &connect.line(false),
                             conn.take(),
                             &frames,
                             stream_id,
                             &mut Rng::new(chunk_seed),
                         );
-                        outcome.verbose = verbose;
+                        outcome.connect = connect;
                         outcome.differential = oracle_differs(
                             oracle_port,
                             &frames,
                             stream_id,
                             &outcome.replies,
-                            verbose,
+                            connect,
                             fresh,
                         );
                         conn = next;
@@ -857,7 +887,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                     &mesh,
                     &observer,
                     oracle_port,
-                    outcome.verbose,
+                    outcome.connect,
                     frames,
                     80_000_000 + attempt,
                     *chunk_seed,
@@ -868,7 +898,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                         &mesh,
                         &observer,
                         oracle_port,
-                        outcome.verbose,
+                        outcome.connect,
                         seed,
                         frames.clone(),
                         *chunk_seed,
@@ -891,7 +921,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
                 &mesh,
                 &observer,
                 oracle_port,
-                outcome.verbose,
+                outcome.connect,
                 seed,
                 frames.clone(),
                 *chunk_seed,
