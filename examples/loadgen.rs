@@ -10,7 +10,7 @@
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
 //! per idle connection, and writes the Markdown report.
 //!
-//! Usage: cargo run --release --example loadgen -- [--out BENCHMARKS.md] [--seconds 2]
+//! Usage: cargo run --release --example loadgen -- [--out BENCHMARKS.md] [--seconds 1.5]
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -916,7 +916,7 @@ fn report(rows: &[(&str, Results)], took: Duration, run_for: Duration) -> String
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# natsguard benchmarks\n");
-    let _ = writeln!(w, "Written by `make bench` (scripts/bench.sh → `cargo run --release --example loadgen -- --out BENCHMARKS.md`), {} UTC, in {:.0} s. Do not edit by hand: rerun `make bench`.\n", command_output("date", &["-u", "+%Y-%m-%d %H:%M"]), took.as_secs_f64());
+    let _ = writeln!(w, "Written by `make bench` (scripts/bench.sh: `cargo build --locked --release --example loadgen`, then `target/release/examples/loadgen --out BENCHMARKS.md`), {} UTC, in {:.0} s. Do not edit by hand: rerun `make bench`.\n", command_output("date", &["-u", "+%Y-%m-%d %H:%M"]), took.as_secs_f64());
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: examples/loadgen.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
