@@ -120,7 +120,7 @@ fn rendered_message(data: &[u8], stream_id: u64) -> Vec<u8> {
 
 /// The `(stream, frame)` tag in a delivered payload.
 fn tag_of(data: &[u8]) -> Option<(u64, usize)> {
-    let start = data.windows(1).position(|w| w == b"~")?;
+    let start = data.iter().position(|&b| b == b'~')?;
     let tag = data.get(start..start + 15)?;
     let text = std::str::from_utf8(tag).ok()?;
     let (stream, frame) = text.strip_prefix('~')?.strip_suffix('~')?.split_once('.')?;
@@ -416,9 +416,9 @@ impl Generator {
                 bytes[last] = b'X';
             }
             // A second CONNECT.
-            9 => bytes
-                .splice(0..0, b"CONNECT {\"verbose\":false}\r\n".iter().copied())
-                .for_each(drop),
+            9 => {
+                bytes.splice(0..0, b"CONNECT {\"verbose\":false}\r\n".iter().copied());
+            }
             // A truncated frame (the client gives up mid-payload: always last in a stream).
             _ => {
                 let keep = self.rng.below(bytes.len().max(1));
