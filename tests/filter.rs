@@ -274,6 +274,7 @@ async fn async_nats_reports_permission_errors_and_keeps_working() {
         .expect("connect");
     let mut messages = subscriber.subscribe("billing.>").await.expect("subscribe");
     subscriber.flush().await.expect("flush");
+    tokio::task::block_in_place(|| mesh.nats.wait_for_subscription("billing.>"));
 
     publisher
         .publish("billing.admin.reset", "x".into())

@@ -80,7 +80,12 @@ fn info_through_the_mesh_is_the_servers_info() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_nats_round_trips_through_the_mesh_as_directly() {
     let mesh = Mesh::start(ALLOW_ALL);
-    for url in [mesh.nats.url(), mesh.url_of("subscriber")] {
+    // Subjects differ per round, so a previous round's closing connection cannot stand in.
+    for (round, url) in [mesh.nats.url(), mesh.url_of("subscriber")]
+        .into_iter()
+        .enumerate()
+    {
+        let subject = |name: &str| format!("round{round}.{name}");
         let subscriber = async_nats::connect(&url).await.expect("connect subscriber");
         let publisher = async_nats::connect(mesh.url_of("publisher"))
             .await
@@ -90,21 +95,28 @@ async fn async_nats_round_trips_through_the_mesh_as_directly() {
             publisher.server_info().server_id
         );
 
-        let mut messages = subscriber.subscribe("orders.>").await.expect("subscribe");
+        let mut messages = subscriber
+            .subscribe(subject("orders.>"))
+            .await
+            .expect("subscribe");
         let mut responder = subscriber
-            .subscribe("service.echo")
+            .subscribe(subject("service.echo"))
             .await
             .expect("subscribe");
         subscriber.flush().await.expect("flush");
+        tokio::task::block_in_place(|| {
+            mesh.nats.wait_for_subscription(&subject("orders.>"));
+            mesh.nats.wait_for_subscription(&subject("service.echo"));
+        });
 
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("X-Trace", "abc");
         publisher
-            .publish("orders.new", "payload".into())
+            .publish(subject("orders.new"), "payload".into())
             .await
             .expect("publish");
         publisher
-            .publish_with_headers("orders.headers", headers, "with headers".into())
+            .publish_with_headers(subject("orders.headers"), headers, "with headers".into())
             .await
             .expect("hpub");
         publisher.flush().await.expect("flush");
@@ -115,7 +127,7 @@ async fn async_nats_round_trips_through_the_mesh_as_directly() {
             .expect("open");
         assert_eq!(
             (first.subject.as_str(), &first.payload[..]),
-            ("orders.new", &b"payload"[..])
+            (subject("orders.new").as_str(), &b"payload"[..])
         );
         let second = tokio::time::timeout(Duration::from_secs(5), messages.next())
             .await
@@ -141,7 +153,7 @@ async fn async_nats_round_trips_through_the_mesh_as_directly() {
         });
         let response = tokio::time::timeout(
             Duration::from_secs(5),
-            publisher.request("service.echo", "ping".into()),
+            publisher.request(subject("service.echo"), "ping".into()),
         )
         .await
         .expect("in time")

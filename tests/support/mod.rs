@@ -103,6 +103,8 @@ impl Drop for Process {
 
 pub struct NatsServer {
     pub port: u16,
+    /// nats-server's HTTP monitoring port (`/connz`, `/subsz`).
+    pub monitor_port: u16,
     pub dir: tempfile::TempDir,
     process: Process,
 }
@@ -111,11 +113,13 @@ impl NatsServer {
     /// nats-server on a free loopback port with an optional configuration file body.
     pub fn start(config: Option<&str>) -> NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_ports(1)[0];
+        let ports = free_ports(2);
+        let (port, monitor_port) = (ports[0], ports[1]);
         let log = dir.path().join("nats-server.log");
         let mut command = Command::new(venv_binary("nats-server"));
         command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-l"])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-m", &monitor_port.to_string(), "-l"])
             .arg(&log);
         if let Some(body) = config {
             let path = dir.path().join("nats-server.conf");
@@ -130,6 +134,7 @@ impl NatsServer {
         wait_for_port(port, &mut child, "nats-server", &log);
         NatsServer {
             port,
+            monitor_port,
             dir,
             process: Process {
                 child,
@@ -144,6 +149,35 @@ impl NatsServer {
 
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("nats-server.log"))
+    }
+
+    /// Waits until some connection of nats-server holds a subscription on `subject`. async-nats'
+    /// `flush` only writes the client's buffer, so a test that publishes from another connection
+    /// must first know the server registered the SUB (through the mesh it takes two more hops).
+    pub fn wait_for_subscription(&self, subject: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let connections = http_get(self.monitor_port, "/connz?subs=1").unwrap_or_default();
+            let connz: serde_json::Value = serde_json::from_str(&connections).unwrap_or_default();
+            let subscribed =
+                connz["connections"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|connection| {
+                        connection["subscriptions_list"]
+                            .as_array()
+                            .is_some_and(|subs| subs.iter().any(|sub| sub == subject))
+                    });
+            if subscribed {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server never registered a SUB to {subject}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 
