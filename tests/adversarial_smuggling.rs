@@ -13,7 +13,7 @@ mod adversarial;
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -603,33 +603,12 @@ fn run_stream(
     } else {
         Duration::from_secs(10)
     };
-    let deadline = Instant::now() + timeout;
+    let count_pongs = |received: &[u8]| received.windows(6).filter(|w| *w == b"PONG\r\n").count();
     let mut received = Vec::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut closed = false;
-    while Instant::now() < deadline {
-        let pongs = received.windows(6).filter(|w| *w == b"PONG\r\n").count();
-        if pongs >= pongs_wanted {
-            break;
-        }
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                closed = true;
-                break;
-            }
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => {
-                closed = true;
-                break;
-            }
-        }
-    }
-    let pongs = received.windows(6).filter(|w| *w == b"PONG\r\n").count();
+    let closed = support::read_until(&mut stream, &mut received, timeout, |received| {
+        count_pongs(received) >= pongs_wanted
+    });
+    let pongs = count_pongs(&received);
     if disruptive || closed || pongs < pongs_wanted {
         return (
             None,

@@ -514,27 +514,7 @@ impl RawClient {
         timeout: Duration,
         done: impl Fn(&[u8]) -> bool,
     ) -> (Vec<u8>, bool) {
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 65536];
-        let mut closed = false;
-        while !done(&self.buffered) && Instant::now() < deadline {
-            match self.stream.read(&mut buf) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(n) => self.buffered.extend_from_slice(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
+        let closed = read_until(&mut self.stream, &mut self.buffered, timeout, done);
         (std::mem::take(&mut self.buffered), closed)
     }
 
@@ -548,6 +528,31 @@ impl RawClient {
         self.buffered = bytes.split_off(end);
         bytes
     }
+}
+
+/// Appends what `stream` (with a read timeout set) delivers to `received` until `done` holds for
+/// it, the peer closes, or `timeout` passes. Returns whether the peer closed the connection.
+pub fn read_until(
+    stream: &mut TcpStream,
+    received: &mut Vec<u8>,
+    timeout: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> bool {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 65536];
+    while !done(received) && Instant::now() < deadline {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
