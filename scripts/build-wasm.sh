@@ -4,14 +4,15 @@
 # Toolchain detection: a rustup toolchain with the wasm32-wasip1 target installed gets the plain
 # `cargo build --target wasm32-wasip1`. Otherwise Debian's rustc-web route is used: rustc 1.96 with
 # the std sources (-Zbuild-std) linked against Debian's wasi-libc by lld; its packages are installed
-# when missing (needs root).
+# when missing (needs root). NATSGUARD_WASM_TOOLCHAIN=debian forces the second route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=wasm32-wasip1
 out=target/$target/release/natsguard.wasm
 debian_packages=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
 
-if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+if [[ ${NATSGUARD_WASM_TOOLCHAIN:-} != debian ]] && command -v rustup >/dev/null 2>&1 &&
+    rustup target list --installed 2>/dev/null | grep -qx "$target"; then
     echo "build-wasm: rustup toolchain with $target"
     cargo build --release --target "$target" --lib
 else
