@@ -29,7 +29,10 @@ pids+=($!)
 
 ready=
 for _ in $(seq 100); do
-    if curl -sf http://127.0.0.1:19901/ready >/dev/null 2>&1; then ready=1; break; fi
+    if .venv/bin/python -c 'import urllib.request as u; u.urlopen("http://127.0.0.1:19901/ready", timeout=1)' 2>/dev/null; then
+        ready=1
+        break
+    fi
     for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null || { echo "a demo process exited; see $run_dir/*.log" >&2; exit 1; }; done
     sleep 0.1
 done
