@@ -77,6 +77,18 @@ pub struct Counters {
     pub deliveries_filtered: u64,
 }
 
+impl Counters {
+    fn plus(&self, other: &Counters) -> Counters {
+        Counters {
+            publish_allowed: self.publish_allowed + other.publish_allowed,
+            publish_denied: self.publish_denied + other.publish_denied,
+            subscribe_allowed: self.subscribe_allowed + other.subscribe_allowed,
+            subscribe_denied: self.subscribe_denied + other.subscribe_denied,
+            deliveries_filtered: self.deliveries_filtered + other.deliveries_filtered,
+        }
+    }
+}
+
 /// What happened since the last [`Connection::take_report`], for metrics and the audit log.
 #[derive(Debug, Default, PartialEq)]
 pub struct Report {
@@ -211,23 +223,15 @@ impl Connection {
     /// Counters and audit events since the last call.
     pub fn take_report(&mut self) -> Report {
         let report = std::mem::take(&mut self.report);
-        let (t, c) = (&mut self.totals, &report.counters);
-        t.publish_allowed += c.publish_allowed;
-        t.publish_denied += c.publish_denied;
-        t.subscribe_allowed += c.subscribe_allowed;
-        t.subscribe_denied += c.subscribe_denied;
-        t.deliveries_filtered += c.deliveries_filtered;
+        self.totals = self.totals.plus(&report.counters);
         report
     }
 
-    /// The audit event for the connection's end, with its totals.
-    pub fn connection_end(&mut self) -> AuditEvent {
-        let pending = self.take_report();
-        self.report = Report {
-            counters: Counters::default(),
-            events: pending.events,
-        };
-        AuditEvent::connection_end(self.identity(), &self.totals)
+    /// The audit event for the connection's end, with its totals (including counters not yet
+    /// taken, which stay in the report for the metrics).
+    pub fn connection_end(&self) -> AuditEvent {
+        let totals = self.totals.plus(&self.report.counters);
+        AuditEvent::connection_end(self.identity(), &totals)
     }
 
     /// Client → server bytes. `now` is the wall-clock time since the Unix epoch.

@@ -392,3 +392,23 @@ fn a_denied_hpub_names_what_nats_server_names_then_what_only_natsguard_checks() 
         );
     }
 }
+
+#[test]
+fn the_end_of_a_connection_counts_everything_and_leaves_pending_counters_for_metrics() {
+    let mut connection = connected(billing_policy(), Some(PUBLISHER));
+    client(&mut connection, b"PUB billing.a 1\r\nx\r\n");
+    connection.take_report();
+    client(
+        &mut connection,
+        b"PUB billing.b 1\r\nx\r\nPUB secret 1\r\nx\r\n",
+    );
+    let end = connection.connection_end();
+    assert!(
+        end.json
+            .contains("\"publish_allowed\":2,\"publish_denied\":1"),
+        "{}",
+        end.json
+    );
+    let pending = connection.take_report().counters;
+    assert_eq!((pending.publish_allowed, pending.publish_denied), (1, 1));
+}
