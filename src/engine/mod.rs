@@ -22,8 +22,8 @@ use crate::identity::{AuthOutcome, Authenticator, Identity, ProxySigner, TokenFi
 use crate::policy::{ConnectionPermissions, Policy, SubscribeDecision, UpstreamCredentials};
 use crate::protocol::{
     publish_violation, subscription_violation, ClientOp, ClientParser, Connect, ControlLine, Info,
-    Item, Limits, Operation, ProtocolError, ServerOp, ServerParser, AUTHORIZATION_VIOLATION,
-    USER_AUTHENTICATION_EXPIRED,
+    Item, Limits, Operation, ProtocolError, ServerOp, ServerParser, WholeFrame,
+    AUTHORIZATION_VIOLATION, USER_AUTHENTICATION_EXPIRED,
 };
 
 pub use audit::{AuditEvent, EventKind};
@@ -362,7 +362,19 @@ impl Connection {
     ) -> Verdict {
         let mut out = Rewrite::new(chunk);
         let mut items = parser.feed(chunk);
-        while let Some(item) = items.next() {
+        loop {
+            if matches!(self.state, State::Established(_)) {
+                while let Some(frame) = items.whole_frame() {
+                    self.client_whole_frame(frame, chunk, now, &mut out);
+                    if matches!(self.state, State::Closing) {
+                        return Verdict {
+                            forward: out.finish(),
+                            close: None,
+                        };
+                    }
+                }
+            }
+            let Some(item) = items.next() else { break };
             match item {
                 Item::Partial { span } => out.drop(span),
                 Item::Payload(piece) => match &mut self.client_payload {
@@ -427,17 +439,9 @@ impl Connection {
                             self.refuse(&mut refusal, "second_connect", None);
                             out.insert(&refusal);
                         }
-                        (State::Established(session), ClientOp::Pub { subject, .. }) => {
-                            match publish_verdict(
-                                session,
-                                subject,
-                                &TraceDestinations::default(),
-                                now,
-                            ) {
-                                Ok(()) => {
-                                    self.report.counters.publish_allowed += 1;
-                                    forward_line(&mut out);
-                                }
+                        (State::Established(_), ClientOp::Pub { subject, .. }) => {
+                            match self.publish_allowed(subject, None, now) {
+                                Ok(()) => forward_line(&mut out),
                                 Err(denied) => {
                                     out.drop(line.span.clone());
                                     self.deny_publish(&denied, &mut out);
@@ -459,12 +463,9 @@ impl Connection {
                                 out.drop(line.span.clone());
                                 self.fail_protocol(&ProtocolError::WrongArgumentCount, &mut out);
                             } else if headers_end <= chunk.len() {
-                                let traces = trace_destinations(&chunk[headers_start..headers_end]);
-                                match publish_verdict(session, subject, &traces, now) {
-                                    Ok(()) => {
-                                        self.report.counters.publish_allowed += 1;
-                                        forward_line(&mut out);
-                                    }
+                                let headers = &chunk[headers_start..headers_end];
+                                match self.publish_allowed(subject, Some(headers), now) {
+                                    Ok(()) => forward_line(&mut out),
                                     Err(denied) => {
                                         out.drop(line.span.clone());
                                         self.deny_publish(&denied, &mut out);
@@ -651,6 +652,75 @@ impl Connection {
         )));
     }
 
+    /// A PUB/HPUB read whole (line, payload, terminator) on an established connection: forwarded
+    /// as it is, or answered like nats-server.
+    fn client_whole_frame(
+        &mut self,
+        frame: WholeFrame<ClientOp>,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) {
+        let (subject, headers) = match frame.op {
+            ClientOp::Pub { subject, .. } => (subject, None),
+            ClientOp::HPub {
+                subject,
+                header_len,
+                ..
+            } => {
+                if !self.session_has_headers() {
+                    // nats-server closes silently on HPUB without headers:true.
+                    out.drop(frame.span);
+                    self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
+                    return;
+                }
+                let headers_end = frame.payload.start + header_len as usize;
+                (subject, Some(&chunk[frame.payload.start..headers_end]))
+            }
+            // `whole_frame` reads only frames with a payload.
+            _ => {
+                out.drop(frame.span);
+                self.fail_protocol(&ProtocolError::UnknownOperation, out);
+                return;
+            }
+        };
+        match self.publish_allowed(subject, headers, now) {
+            Ok(()) => out.keep(frame.span),
+            Err(denied) => {
+                out.drop(frame.span);
+                self.deny_publish(&denied, out);
+                // The payload went with the frame.
+                self.client_payload = PayloadFate::Forward;
+            }
+        }
+    }
+
+    fn session_has_headers(&self) -> bool {
+        matches!(&self.state, State::Established(session) if session.headers)
+    }
+
+    /// nats-server's publish checks for a PUB (`headers: None`) or an HPUB whose header block is
+    /// at hand; counts an allowed publish. `Err` carries the subject the violation names.
+    fn publish_allowed(
+        &mut self,
+        subject: &str,
+        headers: Option<&[u8]>,
+        now: Duration,
+    ) -> Result<(), String> {
+        let State::Established(session) = &mut self.state else {
+            return Err(subject.to_string());
+        };
+        let verdict = match headers {
+            None if session.permissions.check_publish(subject.as_bytes(), now) => Ok(()),
+            None => Err(subject.to_string()),
+            Some(headers) => publish_verdict(session, subject, &trace_destinations(headers), now),
+        };
+        if verdict.is_ok() {
+            self.report.counters.publish_allowed += 1;
+        }
+        verdict
+    }
+
     /// The header block of a held HPUB is complete: decide, then forward the held bytes or
     /// answer the denial. Sets the fate of the rest of the payload.
     fn release_held_headers(&mut self, now: Duration, out: &mut Rewrite) {
@@ -659,16 +729,13 @@ impl Connection {
         else {
             return;
         };
-        let State::Established(session) = &mut self.state else {
+        if !matches!(self.state, State::Established(_)) {
             self.client_payload = PayloadFate::Drop;
             return;
-        };
-        let traces = trace_destinations(&headers.held[headers.line_len..]);
-        match publish_verdict(session, &headers.subject, &traces, now) {
-            Ok(()) => {
-                self.report.counters.publish_allowed += 1;
-                out.insert(&headers.held);
-            }
+        }
+        let header_block = &headers.held[headers.line_len..];
+        match self.publish_allowed(&headers.subject, Some(header_block), now) {
+            Ok(()) => out.insert(&headers.held),
             Err(denied) => self.deny_publish(&denied, out),
         }
     }
@@ -741,7 +808,33 @@ impl Connection {
     ) -> Verdict {
         let mut out = Rewrite::new(chunk);
         let mut items = parser.feed(chunk);
-        while let Some(item) = items.next() {
+        loop {
+            while let Some(frame) = items.whole_frame() {
+                let (ServerOp::Msg {
+                    subject,
+                    sid,
+                    reply,
+                    ..
+                }
+                | ServerOp::HMsg {
+                    subject,
+                    sid,
+                    reply,
+                    ..
+                }) = frame.op
+                else {
+                    // `whole_frame` reads only MSG/HMSG; anything else is not forwarded.
+                    out.drop(frame.span);
+                    continue;
+                };
+                if self.deliver(subject, sid, reply, now) {
+                    out.keep(frame.span);
+                } else {
+                    self.report.counters.deliveries_filtered += 1;
+                    out.drop(frame.span);
+                }
+            }
+            let Some(item) = items.next() else { break };
             match item {
                 Item::Partial { span } => out.drop(span),
                 Item::Payload(piece) => match self.server_payload {
@@ -877,24 +970,22 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return false;
         };
-        let queue = session
-            .subscriptions
-            .get(sid)
-            .and_then(|s| s.queue.as_deref());
+        let mut subscription = session.subscriptions.get_mut(sid);
+        let queue = subscription.as_deref().and_then(|s| s.queue.as_deref());
         let deliver = session
             .permissions
             .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
         if !deliver {
             return false;
         }
-        if let Some(subscription) = session.subscriptions.get_mut(sid) {
+        let used_up = subscription.as_mut().is_some_and(|subscription| {
             subscription.delivered = subscription.delivered.saturating_add(1);
-            if subscription
+            subscription
                 .max
                 .is_some_and(|max| subscription.delivered >= max)
-            {
-                session.subscriptions.remove(sid);
-            }
+        });
+        if used_up {
+            session.subscriptions.remove(sid);
         }
         if let Some(reply) = reply {
             session

@@ -37,6 +37,7 @@ impl<'c> Rewrite<'c> {
         self.edited.get_or_insert_with(|| chunk[..kept].to_vec())
     }
 
+    #[inline]
     pub(crate) fn keep(&mut self, span: Range<usize>) {
         if self.edited.is_none() && span.start == self.kept {
             self.kept = span.end;

@@ -60,6 +60,7 @@
 //! JSON are parsed on demand with [`Connect::parse`] and [`Info::parse`].
 
 mod error;
+mod fast;
 mod json;
 mod line;
 mod op;
@@ -78,7 +79,7 @@ pub use json::{Connect, Info, JsonObject, CREDENTIAL_FIELDS};
 pub use op::{ClientOp, Operation, ServerOp, Sink};
 pub use parser::{
     ClientItem, ClientParser, ClientToServer, ControlLine, Direction, Item, Items, Limits, Parser,
-    PayloadPiece, ServerItem, ServerParser, ServerToClient, DEFAULT_MAX_CONNECT_LINE,
+    PayloadPiece, ServerItem, ServerParser, ServerToClient, WholeFrame, DEFAULT_MAX_CONNECT_LINE,
     DEFAULT_MAX_CONTROL_LINE, DEFAULT_MAX_PAYLOAD,
 };
 

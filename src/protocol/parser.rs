@@ -1,6 +1,7 @@
 //! The streaming parser: one per direction, fed chunk by chunk.
 
 use super::error::ProtocolError;
+use super::fast;
 use super::line;
 use super::op::{ClientOp, Operation, ServerOp};
 use std::fmt::Debug;
@@ -45,6 +46,9 @@ pub trait Direction {
     const CHECKS_MAX_PAYLOAD: bool;
     #[doc(hidden)]
     fn build_op(name: super::op::OpName, arg: &str) -> Result<Self::Op<'_>, ProtocolError>;
+    /// The data-path frames of this direction when their line is whole and canonical.
+    #[doc(hidden)]
+    fn fast_line(line: &[u8], max_arg: usize) -> Option<(Self::Op<'_>, usize)>;
 }
 
 /// Client to server: CONNECT, PUB, HPUB, SUB, UNSUB, PING, PONG.
@@ -60,6 +64,9 @@ impl Direction for ClientToServer {
     fn build_op(name: super::op::OpName, arg: &str) -> Result<ClientOp<'_>, ProtocolError> {
         ClientOp::from_parts(name, arg)
     }
+    fn fast_line(line: &[u8], max_arg: usize) -> Option<(ClientOp<'_>, usize)> {
+        fast::client_line(line, max_arg)
+    }
 }
 
 impl Direction for ServerToClient {
@@ -67,6 +74,9 @@ impl Direction for ServerToClient {
     const CHECKS_MAX_PAYLOAD: bool = false;
     fn build_op(name: super::op::OpName, arg: &str) -> Result<ServerOp<'_>, ProtocolError> {
         ServerOp::from_parts(name, arg)
+    }
+    fn fast_line(line: &[u8], max_arg: usize) -> Option<(ServerOp<'_>, usize)> {
+        fast::server_line(line, max_arg)
     }
 }
 
@@ -218,6 +228,53 @@ pub struct Items<'p, 'c, D> {
     pos: usize,
 }
 
+/// A data-path frame read whole from one chunk by [`Items::whole_frame`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WholeFrame<O> {
+    /// The op (PUB/HPUB or MSG/HMSG); its control line was canonical.
+    pub op: O,
+    /// The whole frame: control line, payload and its `\r\n`.
+    pub span: Range<usize>,
+    /// The payload bytes (headers first for HPUB/HMSG).
+    pub payload: Range<usize>,
+}
+
+impl<'c, D: Direction> Items<'_, 'c, D> {
+    /// The next frame, when it is a PUB/HPUB (client) or MSG/HMSG (server) whose canonical
+    /// control line, payload and terminator are all in this chunk: the data path's common case,
+    /// read in one step. `None` leaves the position unchanged; [`Self::next`] then reads
+    /// whatever comes (any other op, a frame split across chunks, an error) item by item.
+    #[inline]
+    pub fn whole_frame(&mut self) -> Option<WholeFrame<D::Op<'c>>> {
+        let parser = &mut *self.parser;
+        if parser.state != State::Line || (!parser.held.is_empty() && !parser.held_reported) {
+            return None;
+        }
+        let chunk: &'c [u8] = self.chunk;
+        let start = self.pos;
+        let (op, line_len) = D::fast_line(&chunk[start..], parser.limits.max_control_line)?;
+        let payload_len = op.payload_len()?;
+        if D::CHECKS_MAX_PAYLOAD && payload_len > parser.limits.max_payload {
+            return None;
+        }
+        let payload_start = start + line_len;
+        let payload_end = payload_start.checked_add(payload_len as usize)?;
+        if chunk.get(payload_end..payload_end + 2) != Some(b"\r\n") {
+            return None;
+        }
+        if parser.held_reported {
+            parser.held.clear();
+            parser.held_reported = false;
+        }
+        self.pos = payload_end + 2;
+        Some(WholeFrame {
+            op,
+            span: start..self.pos,
+            payload: payload_start..payload_end,
+        })
+    }
+}
+
 impl<D: Direction> Items<'_, '_, D> {
     #[allow(clippy::should_implement_trait)] // a lending iterator cannot implement Iterator
     pub fn next(&mut self) -> Option<Item<D::Op<'_>>> {
@@ -292,8 +349,20 @@ impl<D: Direction> Items<'_, '_, D> {
         let chunk = self.chunk;
         let start = self.pos;
         let rest = &chunk[start..];
-        let max_held = line::max_held_line(&self.parser.limits);
         let carried = self.parser.held.len();
+        if carried == 0 {
+            let Parser { limits, state, .. } = &mut *self.parser;
+            if let Some((op, len)) = D::fast_line(rest, limits.max_control_line) {
+                let line = ControlLine {
+                    op,
+                    span: start..start + len,
+                    carried: 0,
+                    canonical: true,
+                };
+                return accept_line::<D>(line, limits, state, &mut self.pos, chunk.len());
+            }
+        }
+        let max_held = line::max_held_line(&self.parser.limits);
         let Some(newline) = memchr::memchr(b'\n', rest) else {
             return self.partial_line(max_held);
         };
@@ -318,31 +387,13 @@ impl<D: Direction> Items<'_, '_, D> {
         };
         match parse_line::<D>(raw, limits) {
             Ok((op, canonical)) => {
-                if let Some(len) = op.payload_len() {
-                    if D::CHECKS_MAX_PAYLOAD && len > limits.max_payload {
-                        let error = ProtocolError::PayloadTooLarge {
-                            size: len,
-                            max: limits.max_payload,
-                        };
-                        *state = State::Failed;
-                        self.pos = chunk.len();
-                        return Item::Error {
-                            error,
-                            span: start..chunk.len(),
-                        };
-                    }
-                    *state = State::Payload {
-                        data_left: len,
-                        terminator_seen: 0,
-                    };
-                }
-                self.pos = line_end;
-                Item::ControlLine(ControlLine {
+                let line = ControlLine {
                     op,
                     span: start..line_end,
                     carried,
                     canonical,
-                })
+                };
+                accept_line::<D>(line, limits, state, &mut self.pos, chunk.len())
             }
             Err(error) => {
                 *state = State::Failed;
@@ -377,9 +428,39 @@ impl<D: Direction> Items<'_, '_, D> {
     }
 }
 
+/// A complete control line: its payload (if any) comes next, unless it is over the limit.
+fn accept_line<'a, D: Direction>(
+    line: ControlLine<D::Op<'a>>,
+    limits: &Limits,
+    state: &mut State,
+    pos: &mut usize,
+    chunk_len: usize,
+) -> Item<D::Op<'a>> {
+    if let Some(len) = line.op.payload_len() {
+        if D::CHECKS_MAX_PAYLOAD && len > limits.max_payload {
+            *state = State::Failed;
+            let span = line.span.start..chunk_len;
+            *pos = chunk_len;
+            return Item::Error {
+                error: ProtocolError::PayloadTooLarge {
+                    size: len,
+                    max: limits.max_payload,
+                },
+                span,
+            };
+        }
+        *state = State::Payload {
+            data_left: len,
+            terminator_seen: 0,
+        };
+    }
+    *pos = line.span.end;
+    Item::ControlLine(line)
+}
+
 /// Parses a finished line (`\n` included): the op and whether the raw bytes were already
 /// canonical.
-fn parse_line<'a, D: Direction>(
+pub(super) fn parse_line<'a, D: Direction>(
     line: &'a [u8],
     limits: &Limits,
 ) -> Result<(D::Op<'a>, bool), ProtocolError> {

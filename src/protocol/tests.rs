@@ -15,7 +15,19 @@ pub(crate) enum Seen {
     Error(ProtocolError),
 }
 
+/// Reads the chunks item by item, and again taking whole frames first wherever possible (as the
+/// engine does): both readings must be the same.
 fn run<D: Direction>(limits: Limits, chunks: &[&[u8]]) -> Vec<Seen> {
+    let by_items = read::<D>(limits, chunks, false);
+    assert_eq!(
+        read::<D>(limits, chunks, true),
+        by_items,
+        "whole frames read differently"
+    );
+    by_items
+}
+
+fn read<D: Direction>(limits: Limits, chunks: &[&[u8]], whole_frames: bool) -> Vec<Seen> {
     let mut parser = Parser::<D>::new(limits);
     let mut seen = Vec::new();
     let mut offset = 0;
@@ -23,7 +35,23 @@ fn run<D: Direction>(limits: Limits, chunks: &[&[u8]]) -> Vec<Seen> {
         let failed_before = parser.has_failed();
         let mut items = parser.feed(chunk);
         let mut covered = 0;
-        while let Some(item) = items.next() {
+        loop {
+            while let Some(frame) = whole_frames.then(|| items.whole_frame()).flatten() {
+                assert_eq!(
+                    frame.span.start, covered,
+                    "frames must cover the chunk in order"
+                );
+                covered = frame.span.end;
+                seen.push(Seen::Line {
+                    op: format!("{:?}", frame.op),
+                    start: offset + frame.span.start,
+                    end: offset + frame.payload.start,
+                    canonical: true,
+                });
+                assert_eq!(frame.payload.end + 2, frame.span.end);
+                seen.push(Seen::Data(chunk[frame.payload].to_vec()));
+            }
+            let Some(item) = items.next() else { break };
             let span = item.span();
             assert_eq!(span.start, covered, "items must cover the chunk in order");
             covered = span.end;
