@@ -30,7 +30,8 @@ stress: build venv certs
 		--test adversarial_smuggling --test adversarial_jwt --test adversarial_soak -- --nocapture
 
 ## bench: throughput, Envoy CPU per message, latency, CONNECT rate and idle memory of nats-server
-## direct, Envoy without and with natsguard, side by side; writes BENCHMARKS.md (not part of test)
+## direct, Envoy without and with natsguard, side by side; writes BENCHMARKS.md (not part of test).
+## The load generator is its own package, benches/loadgen (built without LTO: a short cold build)
 bench:
 	scripts/bench.sh
 

