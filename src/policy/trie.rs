@@ -159,10 +159,18 @@ pub(crate) struct TokenHasher(u64);
 impl Hasher for TokenHasher {
     fn write(&mut self, bytes: &[u8]) {
         const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
-        for chunk in bytes.chunks(8) {
+        let mut mix = |word: u64| self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(SEED);
+        let words = bytes.chunks_exact(8);
+        let tail = words.remainder();
+        for word in words {
+            mix(u64::from_le_bytes(
+                <[u8; 8]>::try_from(word).unwrap_or_default(),
+            ));
+        }
+        if !tail.is_empty() {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(SEED);
+            word[..tail.len()].copy_from_slice(tail);
+            mix(u64::from_le_bytes(word));
         }
     }
 

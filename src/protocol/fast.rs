@@ -25,7 +25,7 @@ struct Tokens {
 impl Tokens {
     /// Reads the tokens of `line[from..]` up to `\r\n`: printable ASCII separated by single
     /// spaces, at most `max_tokens` of them, the argument at most `max_arg` bytes long.
-    #[inline]
+    #[inline(always)]
     fn scan(line: &[u8], from: usize, max_tokens: usize, max_arg: usize) -> Option<Tokens> {
         // Past the limit the scan runs out of bytes and declines, like an unfinished line.
         let line = &line[..line.len().min(from + max_arg + 2)];
@@ -111,6 +111,7 @@ fn next_special_byte(line: &[u8], mut at: usize) -> Option<usize> {
 }
 
 /// A canonical PUB or HPUB line at the start of `line`, and its length.
+#[inline]
 pub(crate) fn client_line(line: &[u8], max_arg: usize) -> Option<(ClientOp<'_>, usize)> {
     if line.starts_with(b"PUB ") {
         let tokens = Tokens::scan(line, 4, 3, max_arg)?;
@@ -146,6 +147,7 @@ pub(crate) fn client_line(line: &[u8], max_arg: usize) -> Option<(ClientOp<'_>, 
 }
 
 /// A canonical MSG or HMSG line at the start of `line`, and its length.
+#[inline]
 pub(crate) fn server_line(line: &[u8], max_arg: usize) -> Option<(ServerOp<'_>, usize)> {
     if line.starts_with(b"MSG ") {
         let tokens = Tokens::scan(line, 4, 4, max_arg)?;

@@ -64,6 +64,7 @@ impl Direction for ClientToServer {
     fn build_op(name: super::op::OpName, arg: &str) -> Result<ClientOp<'_>, ProtocolError> {
         ClientOp::from_parts(name, arg)
     }
+    #[inline]
     fn fast_line(line: &[u8], max_arg: usize) -> Option<(ClientOp<'_>, usize)> {
         fast::client_line(line, max_arg)
     }
@@ -75,6 +76,7 @@ impl Direction for ServerToClient {
     fn build_op(name: super::op::OpName, arg: &str) -> Result<ServerOp<'_>, ProtocolError> {
         ServerOp::from_parts(name, arg)
     }
+    #[inline]
     fn fast_line(line: &[u8], max_arg: usize) -> Option<(ServerOp<'_>, usize)> {
         fast::server_line(line, max_arg)
     }
