@@ -21,7 +21,15 @@ enum Frame {
     },
 }
 
+/// Reads the stream split at `cuts`, item by item and again taking whole frames first wherever
+/// possible (as the engine does); both readings must be the same.
 fn read<D: Direction>(stream: &[u8], cuts: &[usize]) -> Vec<Frame> {
+    let by_items = read_with::<D>(stream, cuts, false);
+    assert_eq!(read_with::<D>(stream, cuts, true), by_items);
+    by_items
+}
+
+fn read_with<D: Direction>(stream: &[u8], cuts: &[usize], whole_frames: bool) -> Vec<Frame> {
     let mut parser = Parser::<D>::new(Limits::default());
     let mut frames = Vec::new();
     let mut bounds = vec![0];
@@ -32,7 +40,23 @@ fn read<D: Direction>(stream: &[u8], cuts: &[usize]) -> Vec<Frame> {
         let (offset, chunk) = (window[0], &stream[window[0]..window[1]]);
         let mut items = parser.feed(chunk);
         let mut covered = 0;
-        while let Some(item) = items.next() {
+        loop {
+            while let Some(frame) = whole_frames.then(|| items.whole_frame()).flatten() {
+                assert_eq!(frame.span.start, covered);
+                covered = frame.span.end;
+                frames.push(Frame::Line {
+                    op: format!("{:?}", frame.op),
+                    start: offset + frame.span.start,
+                    end: offset + frame.payload.start,
+                    canonical: true,
+                });
+                frames.push(Frame::Payload {
+                    data: chunk[frame.payload.clone()].to_vec(),
+                    start: offset + frame.payload.start,
+                    end: offset + frame.span.end,
+                });
+            }
+            let Some(item) = items.next() else { break };
             assert_eq!(item.span().start, covered);
             covered = item.span().end;
             match item {

@@ -1,7 +1,7 @@
 //! The property both fuzz targets check: parsing an input split into chunks chosen by the
 //! input itself never panics, keeps memory bounded, covers every chunk with its items, and
-//! reads exactly what parsing the input in one piece reads. Every control line's canonical
-//! encoding reads back as the same op.
+//! reads exactly what parsing the input in one piece reads, also when whole frames are taken
+//! first. Every control line's canonical encoding reads back as the same op.
 
 use natsguard::protocol::{Direction, Item, Limits, Operation, Parser};
 
@@ -32,7 +32,9 @@ enum Read {
     },
 }
 
-fn read_all<D: Direction>(input: &[u8], cuts: &[usize]) -> Vec<Read> {
+/// Reads the input split at `cuts`, item by item, or taking whole frames first wherever possible
+/// (as the engine does).
+fn read_all<D: Direction>(input: &[u8], cuts: &[usize], whole_frames: bool) -> Vec<Read> {
     let mut parser = Parser::<D>::new(LIMITS);
     let bound = LIMITS.max_connect_line.max(LIMITS.max_control_line) + 128;
     let mut reads = Vec::new();
@@ -43,7 +45,27 @@ fn read_all<D: Direction>(input: &[u8], cuts: &[usize]) -> Vec<Read> {
         let failed_before = parser.has_failed();
         let mut items = parser.feed(chunk);
         let mut covered = 0;
-        while let Some(item) = items.next() {
+        loop {
+            while let Some(frame) = whole_frames.then(|| items.whole_frame()).flatten() {
+                assert_eq!(frame.span.start, covered);
+                covered = frame.span.end;
+                let mut canonical = Vec::new();
+                frame.op.write_canonical(&mut canonical);
+                assert_eq!(&chunk[frame.span.start..frame.payload.start], &canonical[..]);
+                assert_eq!(&chunk[frame.payload.end..frame.span.end], b"\r\n");
+                reads.push(Read::Line {
+                    op: format!("{:?}", frame.op),
+                    start: offset + frame.span.start,
+                    end: offset + frame.payload.start,
+                    canonical: true,
+                });
+                reads.push(Read::Data {
+                    start: offset + frame.payload.start,
+                    end: offset + frame.payload.end,
+                    complete: true,
+                });
+            }
+            let Some(item) = items.next() else { break };
             let span = item.span();
             assert_eq!(span.start, covered);
             covered = span.end;
@@ -146,7 +168,8 @@ pub fn check<D: Direction>(data: &[u8]) {
     if cuts.len() == 1 {
         cuts.push(0);
     }
-    let whole = read_all::<D>(input, &[0, input.len()]);
-    let chunked = read_all::<D>(input, &cuts);
+    let whole = read_all::<D>(input, &[0, input.len()], false);
+    let chunked = read_all::<D>(input, &cuts, false);
     assert_eq!(whole, chunked);
+    assert_eq!(read_all::<D>(input, &cuts, true), chunked);
 }

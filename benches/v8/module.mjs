@@ -1,0 +1,142 @@
+// natsguard.wasm in V8 (node) behind a minimal proxy-wasm host: the module's own cost per frame
+// (its buffer copy included), without Envoy, sockets or the other processes that make
+// `make bench` noisy on shared cores. A development tool for optimising the data path; the
+// figures users compare are Envoy's, in BENCHMARKS.md.
+//
+//   node --no-liftoff benches/v8/module.mjs [allow-all|restricted] [payload bytes] [chunk bytes]
+//
+// `--no-liftoff`: proxy-wasm-cpp-host runs V8 with TurboFan only. For a profile, build the module
+// without stripping (CARGO_PROFILE_RELEASE_STRIP=false scripts/build-wasm.sh) and run
+// `perf record -F 5000 node --no-liftoff --perf-basic-prof benches/v8/module.mjs`.
+// ROUNDS (environment) sets how many passes over the 4 MiB stream each of 25 timings makes.
+import fs from 'fs';
+import path from 'path';
+import { fileURLToPath } from 'url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const [policyName = 'allow-all', payloadArg, chunkArg] = process.argv.slice(2);
+const payloadSize = Number(payloadArg || 128);
+const chunkSize = Number(chunkArg || 65536);
+const wasmPath = process.env.NATSGUARD_WASM || path.join(root, 'target/wasm32-wasip1/release/natsguard.wasm');
+// The policies of benches/engine.rs: row 3's allow-all rule, and a restricted rule with a deny
+// entry and allow_responses (the decision cache answers).
+const spiffe = { spiffe: { required: true, trust_domains: ['cluster.local'] } };
+const policies = {
+  'allow-all': { identity: spiffe, default_action: 'deny', rules: [{ name: 'everyone', from: { principals: ['*'] } }] },
+  restricted: {
+    identity: spiffe,
+    default_action: 'deny',
+    rules: [{
+      name: 'publisher',
+      from: { principals: ['cluster.local/ns/billing/sa/publisher'] },
+      permissions: {
+        publish: { allow: ['bench.>', '_INBOX.>'], deny: ['bench.admin.>'] },
+        subscribe: { allow: ['bench.>', '_INBOX.>'] },
+        allow_responses: { max: 1, expires: '5s' },
+      },
+    }],
+  },
+};
+if (!policies[policyName]) throw new Error(`policy: one of ${Object.keys(policies).join(', ')}`);
+const policy = Buffer.from(JSON.stringify(policies[policyName]));
+const SPIFFE = Buffer.from('spiffe://cluster.local/ns/billing/sa/publisher');
+
+let instance, memory;
+const buffers = { 2: Buffer.alloc(0), 3: Buffer.alloc(0), 7: policy, 6: Buffer.alloc(0) };
+let replaced = 0;
+const u8 = () => new Uint8Array(memory.buffer);
+const dv = () => new DataView(memory.buffer);
+const str = (ptr, len) => Buffer.from(memory.buffer, ptr, len).toString();
+function give(bytes, retPtr, retSize) {
+  const ptr = instance.exports.proxy_on_memory_allocate(bytes.length);
+  u8().set(bytes, ptr);
+  dv().setUint32(retPtr, ptr, true);
+  dv().setUint32(retSize, bytes.length, true);
+  return 0;
+}
+let metricId = 1;
+const now = () => BigInt(Date.now()) * 1000000n;
+const env = {
+  proxy_log: (level, ptr, len) => { if (process.env.LOG) console.error('log', level, str(ptr, len)); return 0; },
+  proxy_get_buffer_bytes: (type, start, len, retPtr, retSize) => {
+    const buf = buffers[type];
+    if (!buf) return 1;
+    // Sizes arrive as signed i32: `usize::MAX` ("all of it") is -1.
+    return give(buf.subarray(start, Math.min(buf.length, start + (len >>> 0))), retPtr, retSize);
+  },
+  proxy_set_buffer_bytes: (type, start, size, ptr, len) => { replaced++; return 0; },
+  proxy_get_property: (ptr, len, retPtr, retSize) => {
+    const path = str(ptr, len);
+    if (path.includes('uri_san_peer_certificate')) return give(SPIFFE, retPtr, retSize);
+    return 1;
+  },
+  proxy_set_property: () => 0,
+  proxy_define_metric: (type, ptr, len, retPtr) => { dv().setUint32(retPtr, metricId++, true); return 0; },
+  proxy_increment_metric: () => 0,
+  proxy_get_current_time_nanoseconds: (retPtr) => { dv().setBigUint64(retPtr, now(), true); return 0; },
+  proxy_set_tick_period_milliseconds: () => 0,
+  proxy_get_shared_data: () => 1,
+  proxy_set_shared_data: () => 0,
+  proxy_close_stream: () => { console.error('close_stream'); return 0; },
+  proxy_continue_stream: () => 0,
+  proxy_done: () => 0,
+};
+const wasi = {
+  random_get: (ptr, len) => { u8().fill(7, ptr, ptr + len); return 0; },
+  environ_sizes_get: (a, b) => { dv().setUint32(a, 0, true); dv().setUint32(b, 0, true); return 0; },
+  environ_get: () => 0,
+  clock_time_get: (id, precision, retPtr) => { dv().setBigUint64(retPtr, now(), true); return 0; },
+  fd_write: (fd, iovs, count, retPtr) => {
+    let total = 0;
+    for (let i = 0; i < count; i++) total += dv().getUint32(iovs + 8 * i + 4, true);
+    dv().setUint32(retPtr, total, true);
+    return 0;
+  },
+  proc_exit: (code) => { throw new Error('proc_exit ' + code); },
+};
+const module = new WebAssembly.Module(fs.readFileSync(wasmPath));
+const imports = { env: {}, wasi_snapshot_preview1: wasi };
+for (const imp of WebAssembly.Module.imports(module)) {
+  if (imp.module === 'env') imports.env[imp.name] = env[imp.name] || (() => { throw new Error('unexpected ' + imp.name); });
+}
+instance = new WebAssembly.Instance(module, imports);
+memory = instance.exports.memory;
+const x = instance.exports;
+x._initialize();
+x.proxy_on_context_create(1, 0);
+x.proxy_on_vm_start(1, 0);
+if (x.proxy_on_configure(1, policy.length) !== 1) throw new Error('configure failed');
+x.proxy_on_context_create(2, 1);
+x.proxy_on_new_connection(2);
+
+function feed(type, bytes) {
+  buffers[type] = bytes;
+  return type === 2 ? x.proxy_on_downstream_data(2, bytes.length, 0) : x.proxy_on_upstream_data(2, bytes.length, 0);
+}
+feed(3, Buffer.from('INFO {"server_id":"S","headers":true,"max_payload":1048576} \r\n'));
+feed(2, Buffer.from('CONNECT {"verbose":false,"headers":true}\r\nSUB bench.data 1\r\n'));
+
+function stream(line) {
+  const frame = Buffer.concat([Buffer.from(line), Buffer.alloc(payloadSize, 120), Buffer.from('\r\n')]);
+  const frames = Math.max(16, Math.floor(4 * 1024 * 1024 / frame.length));
+  const all = Buffer.concat(Array(frames).fill(frame));
+  const chunks = [];
+  for (let at = 0; at < all.length; at += chunkSize) chunks.push(all.subarray(at, at + chunkSize));
+  return { chunks, frames };
+}
+for (const [name, type, line] of [
+  ['client PUB', 2, `PUB bench.data ${payloadSize}\r\n`],
+  ['server MSG', 3, `MSG bench.data 1 ${payloadSize}\r\n`],
+]) {
+  const { chunks, frames } = stream(line);
+  for (let warm = 0; warm < 3; warm++) for (const c of chunks) feed(type, c);
+  const rounds = Number(process.env.ROUNDS || 10);
+  let best = Infinity;
+  for (let rep = 0; rep < 25; rep++) {
+    replaced = 0;
+    const t0 = process.hrtime.bigint();
+    for (let r = 0; r < rounds; r++) for (const c of chunks) feed(type, c);
+    best = Math.min(best, Number(process.hrtime.bigint() - t0) / (rounds * frames));
+  }
+  console.log(`${policyName}: ${name} ${payloadSize} B, ${chunkSize} B chunks: ${best.toFixed(1)} ns/frame (best of 25; ${replaced} of ${rounds * chunks.length} chunks replaced)`);
+}
