@@ -317,6 +317,7 @@ impl Connection {
                 let rest = self.client_data(&held, now);
                 match rest.forward {
                     Forward::Unchanged => out.extend_from_slice(&held),
+                    Forward::Prefix(len) => out.extend_from_slice(&held[..len]),
                     Forward::Replace(bytes) => out.extend_from_slice(&bytes),
                     Forward::Hold => {}
                 }

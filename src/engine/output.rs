@@ -7,6 +7,9 @@ use std::ops::Range;
 pub enum Forward {
     /// Forward the chunk as it is (the common case: no copy, no rewrite).
     Unchanged,
+    /// Forward only the first bytes of the chunk (the rest was dropped, or is the start of a
+    /// control line the parser holds until its end arrives). No copy is made in the VM.
+    Prefix(usize),
     /// Replace the chunk with these bytes (possibly none).
     Replace(Vec<u8>),
     /// Keep the connection's client bytes inside the engine and forward nothing yet: the
@@ -47,9 +50,9 @@ impl<'c> Rewrite<'c> {
         self.edit().extend_from_slice(&chunk[span]);
     }
 
-    pub(crate) fn drop(&mut self, _span: Range<usize>) {
-        self.edit();
-    }
+    /// Leaves `span` out. Nothing to do now: a later `keep` or `insert` copies what was kept
+    /// before the gap, and a gap at the end makes the output a prefix of the chunk.
+    pub(crate) fn drop(&mut self, _span: Range<usize>) {}
 
     pub(crate) fn insert(&mut self, bytes: &[u8]) {
         self.edit().extend_from_slice(bytes);
@@ -59,7 +62,7 @@ impl<'c> Rewrite<'c> {
         match self.edited {
             Some(bytes) => Forward::Replace(bytes),
             None if self.kept == self.chunk.len() => Forward::Unchanged,
-            None => Forward::Replace(self.chunk[..self.kept].to_vec()),
+            None => Forward::Prefix(self.kept),
         }
     }
 }
@@ -81,7 +84,7 @@ mod tests {
         let mut out = Rewrite::new(b"abcdef");
         out.keep(0..4);
         out.drop(4..6);
-        assert_eq!(out.finish(), Forward::Replace(b"abcd".to_vec()));
+        assert_eq!(out.finish(), Forward::Prefix(4));
     }
 
     #[test]

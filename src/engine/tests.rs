@@ -61,6 +61,7 @@ fn connected(gate: Rc<Gate>, spiffe_id: Option<&str>) -> Connection {
 fn forwarded(verdict: &Verdict, chunk: &[u8]) -> Vec<u8> {
     match &verdict.forward {
         Forward::Unchanged => chunk.to_vec(),
+        Forward::Prefix(len) => chunk[..*len].to_vec(),
         Forward::Replace(bytes) => bytes.clone(),
         Forward::Hold => Vec::new(),
     }

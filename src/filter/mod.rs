@@ -210,9 +210,10 @@ impl Root {
 
 /// Sends the bytes that replace what a waiting connection held, and lets its stream go on.
 fn release_held(verdict: Verdict) {
+    // `resume` answers with the bytes to send in place of everything held.
     let bytes = match verdict.forward {
         Forward::Replace(bytes) => bytes,
-        Forward::Unchanged | Forward::Hold => return,
+        Forward::Unchanged | Forward::Prefix(_) | Forward::Hold => return,
     };
     let held = proxy_wasm::hostcalls::get_buffer(BufferType::DownstreamData, 0, usize::MAX)
         .ok()
@@ -329,10 +330,12 @@ struct Stream {
 impl Context for Stream {}
 
 impl Stream {
-    fn apply(&self, buffer: BufferType, size: usize, verdict: Verdict) -> Action {
+    /// Applies the engine's verdict on `chunk`, the `size` bytes Envoy holds in `buffer`.
+    fn apply(&self, buffer: BufferType, size: usize, chunk: &[u8], verdict: Verdict) -> Action {
         let mut action = Action::Continue;
         let written = match &verdict.forward {
             Forward::Unchanged => Ok(()),
+            Forward::Prefix(len) => host::replace_buffer(buffer, size, &chunk[..*len]),
             Forward::Replace(bytes) => host::replace_buffer(buffer, size, bytes),
             Forward::Hold => {
                 action = Action::Pause;
@@ -369,7 +372,7 @@ impl StreamContext for Stream {
         let chunk = self.get_downstream_data(0, size).unwrap_or_default();
         let mut connection = self.connection.borrow_mut();
         let verdict = connection.client_data(&chunk, now());
-        let action = self.apply(BufferType::DownstreamData, size, verdict);
+        let action = self.apply(BufferType::DownstreamData, size, &chunk, verdict);
         publish(&mut connection);
         action
     }
@@ -381,7 +384,7 @@ impl StreamContext for Stream {
         let chunk = self.get_upstream_data(0, size).unwrap_or_default();
         let mut connection = self.connection.borrow_mut();
         let verdict = connection.server_data(&chunk, now());
-        let action = self.apply(BufferType::UpstreamData, size, verdict);
+        let action = self.apply(BufferType::UpstreamData, size, &chunk, verdict);
         publish(&mut connection);
         action
     }
