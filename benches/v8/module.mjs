@@ -18,8 +18,8 @@ const [policyName = 'allow-all', payloadArg, chunkArg] = process.argv.slice(2);
 const payloadSize = Number(payloadArg || 128);
 const chunkSize = Number(chunkArg || 65536);
 const wasmPath = process.env.NATSGUARD_WASM || path.join(root, 'target/wasm32-wasip1/release/natsguard.wasm');
-// The policies of benches/engine.rs: row 3's allow-all rule, and a restricted rule with a deny
-// entry and allow_responses (the decision cache answers).
+// The policies of benches/engine.rs: row 3's allow-all rule, and a restricted rule with deny
+// entries and allow_responses (the decision cache and the delivery filter answer).
 const spiffe = { spiffe: { required: true, trust_domains: ['cluster.local'] } };
 const policies = {
   'allow-all': { identity: spiffe, default_action: 'deny', rules: [{ name: 'everyone', from: { principals: ['*'] } }] },
@@ -31,7 +31,7 @@ const policies = {
       from: { principals: ['cluster.local/ns/billing/sa/publisher'] },
       permissions: {
         publish: { allow: ['bench.>', '_INBOX.>'], deny: ['bench.admin.>'] },
-        subscribe: { allow: ['bench.>', '_INBOX.>'] },
+        subscribe: { allow: ['bench.>', '_INBOX.>'], deny: ['bench.secret.*'] },
         allow_responses: { max: 1, expires: '5s' },
       },
     }],
@@ -114,7 +114,8 @@ function feed(type, bytes) {
   return type === 2 ? x.proxy_on_downstream_data(2, bytes.length, 0) : x.proxy_on_upstream_data(2, bytes.length, 0);
 }
 feed(3, Buffer.from('INFO {"server_id":"S","headers":true,"max_payload":1048576} \r\n'));
-feed(2, Buffer.from('CONNECT {"verbose":false,"headers":true}\r\nSUB bench.data 1\r\n'));
+// A wildcard SUB: under the restricted policy it arms the delivery filter.
+feed(2, Buffer.from('CONNECT {"verbose":false,"headers":true}\r\nSUB bench.* 1\r\n'));
 
 function stream(line) {
   const frame = Buffer.concat([Buffer.from(line), Buffer.alloc(payloadSize, 120), Buffer.from('\r\n')]);

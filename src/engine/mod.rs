@@ -138,6 +138,8 @@ struct Session {
     permissions: ConnectionPermissions,
     valid_until: Option<u64>,
     headers: bool,
+    /// Live subscriptions by sid, for the delivery filter's queue-group check (kept only when
+    /// the permissions have a subscribe deny entry, i.e. when the filter can arm).
     subscriptions: BTreeMap<Box<str>, Subscription>,
 }
 
@@ -507,13 +509,16 @@ impl Connection {
                                 SubscribeDecision::Allowed => {
                                     self.report.counters.subscribe_allowed += 1;
                                     // nats-server ignores a SUB that reuses a live sid.
-                                    session.subscriptions.entry(sid.into()).or_insert(
-                                        Subscription {
-                                            queue: queue.map(Into::into),
-                                            delivered: 0,
-                                            max: None,
-                                        },
-                                    );
+                                    // Subscriptions are tracked for the delivery filter only.
+                                    if session.permissions.may_filter_deliveries() {
+                                        session.subscriptions.entry(sid.into()).or_insert(
+                                            Subscription {
+                                                queue: queue.map(Into::into),
+                                                delivered: 0,
+                                                max: None,
+                                            },
+                                        );
+                                    }
                                     forward_line(&mut out);
                                 }
                                 SubscribeDecision::Denied => {
@@ -971,22 +976,24 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return false;
         };
-        let mut subscription = session.subscriptions.get_mut(sid);
-        let queue = subscription.as_deref().and_then(|s| s.queue.as_deref());
-        let deliver = session
-            .permissions
-            .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
-        if !deliver {
-            return false;
-        }
-        let used_up = subscription.as_mut().is_some_and(|subscription| {
-            subscription.delivered = subscription.delivered.saturating_add(1);
-            subscription
-                .max
-                .is_some_and(|max| subscription.delivered >= max)
-        });
-        if used_up {
-            session.subscriptions.remove(sid);
+        if session.permissions.may_filter_deliveries() {
+            let mut subscription = session.subscriptions.get_mut(sid);
+            let queue = subscription.as_deref().and_then(|s| s.queue.as_deref());
+            let deliver = session
+                .permissions
+                .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
+            if !deliver {
+                return false;
+            }
+            let used_up = subscription.as_mut().is_some_and(|subscription| {
+                subscription.delivered = subscription.delivered.saturating_add(1);
+                subscription
+                    .max
+                    .is_some_and(|max| subscription.delivered >= max)
+            });
+            if used_up {
+                session.subscriptions.remove(sid);
+            }
         }
         if let Some(reply) = reply {
             session

@@ -205,6 +205,12 @@ impl ConnectionPermissions {
         &self.effective.matched_rules
     }
 
+    /// Whether the delivery-time deny filter can ever arm: the permissions have a subscribe deny
+    /// entry. Without one every delivery passes, whatever the subscription.
+    pub fn may_filter_deliveries(&self) -> bool {
+        !self.effective.subscribe_deny_subjects.is_empty()
+    }
+
     /// Whether the delivery-time deny filter is active (see [`Self::should_deliver`]).
     pub fn delivery_filter_armed(&self) -> bool {
         self.delivery_filter_armed
