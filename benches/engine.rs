@@ -89,9 +89,10 @@ fn chunks(line: &str, payload_size: usize) -> (Vec<Vec<u8>>, u64) {
     )
 }
 
+type PolicyFn = fn() -> Rc<Gate>;
+
 fn per_frame(c: &mut Criterion) {
-    let policies: [(&str, fn() -> Rc<Gate>); 2] =
-        [("allow-all", allow_all), ("restricted", restricted)];
+    let policies: [(&str, PolicyFn); 2] = [("allow-all", allow_all), ("restricted", restricted)];
     for (direction, line) in [
         ("client PUB", "PUB bench.orders {}\r\n"),
         ("server MSG", "MSG bench.orders 1 {}\r\n"),

@@ -792,7 +792,7 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
             .map(|worker| {
                 scope.spawn(move || {
                     let mut generator = Generator {
-                        rng: Rng::new(seed ^ (worker + 1) * 0x1234_5678),
+                        rng: Rng::new(seed ^ ((worker + 1) * 0x1234_5678)),
                     };
                     let mut conn = None;
                     let mut connect = ConnectStyle(0);

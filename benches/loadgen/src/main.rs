@@ -5,8 +5,9 @@
 //!   1. client → nats-server;
 //!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
 //!   3. as 2 with natsguard and an allow-all policy;
-//!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
-//! measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
+//!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT.
+//!
+//! It measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
 //! per idle connection, and writes the Markdown report.
 //!
@@ -1109,7 +1110,7 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
     let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 and 4 only.");
-    let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {}, with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", format!("{:.1} s (`--seconds`)", options.run_for.as_secs_f64()), IN_FLIGHT_BYTES >> 20);
+    let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
     let _ = writeln!(w, "- Idle memory: {IDLE_CONNECTIONS} connections opened and closed once (the allocators and the wasm memory grow to that size), then opened again and left idle; Envoy's RSS and tcmalloc heap (`/memory` allocated) before/after, per connection. The wasm VM's linear memory is not in the tcmalloc heap: the RSS delta includes it.\n");
