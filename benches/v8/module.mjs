@@ -9,6 +9,8 @@
 // without stripping (CARGO_PROFILE_RELEASE_STRIP=false scripts/build-wasm.sh) and run
 // `perf record -F 5000 node --no-liftoff --perf-basic-prof benches/v8/module.mjs`.
 // ROUNDS (environment) sets how many passes over the 4 MiB stream each of 25 timings makes.
+// It also times CONNECT on fresh connections, with and without an RS256 JWT (inline JWKS).
+import crypto from 'crypto';
 import fs from 'fs';
 import path from 'path';
 import { fileURLToPath } from 'url';
@@ -20,7 +22,23 @@ const chunkSize = Number(chunkArg || 65536);
 const wasmPath = process.env.NATSGUARD_WASM || path.join(root, 'target/wasm32-wasip1/release/natsguard.wasm');
 // The policies of benches/engine.rs: row 3's allow-all rule, and a restricted rule with deny
 // entries and allow_responses (the decision cache and the delivery filter answer).
-const spiffe = { spiffe: { required: true, trust_domains: ['cluster.local'] } };
+// Both accept an optional RS256 JWT (as `auth_token`) from an IdP whose key is made here.
+const ISSUER = 'https://idp.bench.example';
+const idp = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+const jwk = { ...idp.publicKey.export({ format: 'jwk' }), kid: 'bench', alg: 'RS256', use: 'sig' };
+const spiffe = {
+  spiffe: { required: true, trust_domains: ['cluster.local'] },
+  jwt: {
+    required: false,
+    providers: [{ name: 'bench-idp', issuer: ISSUER, audiences: ['nats'], jwks: { keys: [jwk] }, algorithms: ['RS256'] }],
+  },
+};
+const b64url = (value) => Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url');
+function token(user) {
+  const now = Math.floor(Date.now() / 1000);
+  const signed = `${b64url({ alg: 'RS256', typ: 'JWT', kid: 'bench' })}.${b64url({ iss: ISSUER, sub: `user-${user}`, aud: 'nats', iat: now, exp: now + 3600 })}`;
+  return `${signed}.${crypto.sign('sha256', Buffer.from(signed), idp.privateKey).toString('base64url')}`;
+}
 const policies = {
   'allow-all': { identity: spiffe, default_action: 'deny', rules: [{ name: 'everyone', from: { principals: ['*'] } }] },
   restricted: {
@@ -109,10 +127,31 @@ if (x.proxy_on_configure(1, policy.length) !== 1) throw new Error('configure fai
 x.proxy_on_context_create(2, 1);
 x.proxy_on_new_connection(2);
 
-function feed(type, bytes) {
+function feed(type, bytes, id = 2) {
   buffers[type] = bytes;
-  return type === 2 ? x.proxy_on_downstream_data(2, bytes.length, 0) : x.proxy_on_upstream_data(2, bytes.length, 0);
+  return type === 2 ? x.proxy_on_downstream_data(id, bytes.length, 0) : x.proxy_on_upstream_data(id, bytes.length, 0);
 }
+
+// CONNECTs on fresh connections, with or without a (distinct, valid) token: µs per CONNECT.
+let nextContext = 3;
+function connects(count, withToken) {
+  const tokens = Array.from({ length: count }, (_, user) => token(user));
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < count; i++) {
+    const id = nextContext++;
+    x.proxy_on_context_create(id, 1);
+    x.proxy_on_new_connection(id);
+    feed(3, Buffer.from('INFO {"server_id":"S","headers":true,"max_payload":1048576} \r\n'), id);
+    const auth = withToken ? `,"auth_token":"${tokens[i]}"` : '';
+    feed(2, Buffer.from(`CONNECT {"verbose":false${auth}}\r\nPING\r\n`), id);
+    x.proxy_on_log(id);
+    x.proxy_on_delete(id);
+  }
+  return Number(process.hrtime.bigint() - t0) / count / 1000;
+}
+const connectFigures = () => `CONNECT ${connects(50, false).toFixed(0)} µs without a token, ${connects(50, true).toFixed(0)} µs with an RS256 JWT`;
+connects(5, true);
+console.log(`${policyName}: ${connectFigures()} (fresh VM)`);
 feed(3, Buffer.from('INFO {"server_id":"S","headers":true,"max_payload":1048576} \r\n'));
 // A wildcard SUB: under the restricted policy it arms the delivery filter.
 feed(2, Buffer.from('CONNECT {"verbose":false,"headers":true}\r\nSUB bench.* 1\r\n'));
@@ -141,3 +180,4 @@ for (const [name, type, line] of [
   }
   console.log(`${policyName}: ${name} ${payloadSize} B, ${chunkSize} B chunks: ${best.toFixed(1)} ns/frame (best of 25; ${replaced} of ${rounds * chunks.length} chunks replaced)`);
 }
+console.log(`${policyName}: ${connectFigures()} (after the streams above)`);
