@@ -816,27 +816,9 @@ impl Connection {
         let mut items = parser.feed(chunk);
         loop {
             while let Some(frame) = items.whole_frame() {
-                let (ServerOp::Msg {
-                    subject,
-                    sid,
-                    reply,
-                    ..
-                }
-                | ServerOp::HMsg {
-                    subject,
-                    sid,
-                    reply,
-                    ..
-                }) = frame.op
-                else {
-                    // `whole_frame` reads only MSG/HMSG; anything else is not forwarded.
-                    out.drop(frame.span);
-                    continue;
-                };
-                if self.deliver(subject, sid, reply, now) {
+                if self.delivers(&frame.op, now) {
                     out.keep(frame.span);
                 } else {
-                    self.report.counters.deliveries_filtered += 1;
                     out.drop(frame.span);
                 }
             }
@@ -875,22 +857,10 @@ impl Connection {
                                 };
                             }
                         }
-                        ServerOp::Msg {
-                            subject,
-                            sid,
-                            reply,
-                            ..
-                        }
-                        | ServerOp::HMsg {
-                            subject,
-                            sid,
-                            reply,
-                            ..
-                        } => {
-                            if self.deliver(subject, sid, reply, now) {
+                        ServerOp::Msg { .. } | ServerOp::HMsg { .. } => {
+                            if self.delivers(&line.op, now) {
                                 forward_control_line(&mut out, &line);
                             } else {
-                                self.report.counters.deliveries_filtered += 1;
                                 self.server_payload = PayloadFate::Drop;
                                 out.drop(line.span.clone());
                             }
@@ -966,6 +936,31 @@ impl Connection {
             forward_control_line(out, line);
         }
         Ok(())
+    }
+
+    /// Whether a MSG/HMSG reaches the client; counts the ones filtered out. Other ops are not
+    /// deliveries: never forwarded from here.
+    fn delivers(&mut self, op: &ServerOp, now: Duration) -> bool {
+        let (ServerOp::Msg {
+            subject,
+            sid,
+            reply,
+            ..
+        }
+        | ServerOp::HMsg {
+            subject,
+            sid,
+            reply,
+            ..
+        }) = *op
+        else {
+            return false;
+        };
+        let delivered = self.deliver(subject, sid, reply, now);
+        if !delivered {
+            self.report.counters.deliveries_filtered += 1;
+        }
+        delivered
     }
 
     /// Whether a MSG/HMSG reaches the client: nats-server's deny-on-delivery filter, the

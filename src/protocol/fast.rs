@@ -9,6 +9,7 @@
 //! the single authority on what nats-server accepts. `tests.rs` checks that both agree on every
 //! line the fast path takes.
 
+use super::line::first_byte_outside;
 use super::op::{ClientOp, ServerOp};
 
 /// Most tokens any fast-path op has (HMSG: subject, sid, reply, header size, total size).
@@ -35,7 +36,8 @@ impl Tokens {
         let mut token_start = from;
         let mut at = from;
         loop {
-            at = next_special_byte(line, at)?;
+            // The next separator, the line end, or a byte the fast path declines.
+            at = first_byte_outside::<0x21>(line, at)?;
             let byte = line[at];
             if at == token_start || count == max_tokens {
                 return None;
@@ -81,107 +83,92 @@ impl Tokens {
                 .then(|| value * 10 + u32::from(digit - b'0'))
         })
     }
-
-    /// Header and total sizes, the header not larger than the total.
-    fn header_sizes(&self, line: &[u8], header: usize) -> Option<(u32, u32)> {
-        let sizes = (self.size(line, header)?, self.size(line, header + 1)?);
-        (sizes.0 <= sizes.1).then_some(sizes)
-    }
 }
 
-/// The index of the first byte from `at` on that is not printable ASCII (0x21..=0x7e): a
-/// separator, the line end, or a byte the fast path declines. Eight bytes at a time: a borrow
-/// out of `byte - 0x21` sets the top bit of a byte below 0x21, `byte + 1` reaches 0x80 from
-/// 0x7f, and bytes from 0x80 have it already; borrows and carries only run upward from such a
-/// byte, so the lowest flagged byte is exact.
-#[inline]
-fn next_special_byte(line: &[u8], mut at: usize) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    while let Some(word) = line.get(at..at + 8) {
-        let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
-        let flagged =
-            (word.wrapping_sub(ONES * 0x21) & !word | word.wrapping_add(ONES) | word) & HIGH;
-        if flagged != 0 {
-            return Some(at + flagged.trailing_zeros() as usize / 8);
-        }
-        at += 8;
+/// The arguments of a canonical data-frame line: `fixed` tokens (subject, and sid for MSG), an
+/// optional reply, then `sizes` sizes (for HPUB/HMSG the header size, not above the total).
+struct DataArgs<'a> {
+    fixed: [&'a str; 2],
+    reply: Option<&'a str>,
+    sizes: [u32; 2],
+    line_len: usize,
+}
+
+#[inline(always)]
+fn data_args<'a>(
+    line: &'a [u8],
+    name: &[u8],
+    fixed: usize,
+    sizes: usize,
+    max_arg: usize,
+) -> Option<DataArgs<'a>> {
+    if !line.starts_with(name) {
+        return None;
     }
-    (at..line.len()).find(|&index| !(0x21..0x7f).contains(&line[index]))
+    let tokens = Tokens::scan(line, name.len(), fixed + 1 + sizes, max_arg)?;
+    let has_reply = match tokens.count.checked_sub(fixed + sizes)? {
+        0 => false,
+        1 => true,
+        _ => return None,
+    };
+    let first_size = tokens.count - sizes;
+    let mut args = DataArgs {
+        fixed: [""; 2],
+        reply: has_reply.then(|| tokens.text(line, fixed)),
+        sizes: [0; 2],
+        line_len: tokens.line_len,
+    };
+    for index in 0..fixed {
+        args.fixed[index] = tokens.text(line, index);
+    }
+    for index in 0..sizes {
+        args.sizes[index] = tokens.size(line, first_size + index)?;
+    }
+    (sizes == 1 || args.sizes[0] <= args.sizes[1]).then_some(args)
 }
 
 /// A canonical PUB or HPUB line at the start of `line`, and its length.
 #[inline]
 pub(crate) fn client_line(line: &[u8], max_arg: usize) -> Option<(ClientOp<'_>, usize)> {
-    if line.starts_with(b"PUB ") {
-        let tokens = Tokens::scan(line, 4, 3, max_arg)?;
-        let reply = match tokens.count {
-            2 => None,
-            3 => Some(tokens.text(line, 1)),
-            _ => return None,
-        };
+    if let Some(args) = data_args(line, b"PUB ", 1, 1, max_arg) {
         let op = ClientOp::Pub {
-            subject: tokens.text(line, 0),
-            reply,
-            payload_len: tokens.size(line, tokens.count - 1)?,
+            subject: args.fixed[0],
+            reply: args.reply,
+            payload_len: args.sizes[0],
         };
-        Some((op, tokens.line_len))
-    } else if line.starts_with(b"HPUB ") {
-        let tokens = Tokens::scan(line, 5, 4, max_arg)?;
-        let reply = match tokens.count {
-            3 => None,
-            4 => Some(tokens.text(line, 1)),
-            _ => return None,
-        };
-        let (header_len, total_len) = tokens.header_sizes(line, tokens.count - 2)?;
-        let op = ClientOp::HPub {
-            subject: tokens.text(line, 0),
-            reply,
-            header_len,
-            total_len,
-        };
-        Some((op, tokens.line_len))
-    } else {
-        None
+        return Some((op, args.line_len));
     }
+    let args = data_args(line, b"HPUB ", 1, 2, max_arg)?;
+    let op = ClientOp::HPub {
+        subject: args.fixed[0],
+        reply: args.reply,
+        header_len: args.sizes[0],
+        total_len: args.sizes[1],
+    };
+    Some((op, args.line_len))
 }
 
 /// A canonical MSG or HMSG line at the start of `line`, and its length.
 #[inline]
 pub(crate) fn server_line(line: &[u8], max_arg: usize) -> Option<(ServerOp<'_>, usize)> {
-    if line.starts_with(b"MSG ") {
-        let tokens = Tokens::scan(line, 4, 4, max_arg)?;
-        let reply = match tokens.count {
-            3 => None,
-            4 => Some(tokens.text(line, 2)),
-            _ => return None,
-        };
+    if let Some(args) = data_args(line, b"MSG ", 2, 1, max_arg) {
         let op = ServerOp::Msg {
-            subject: tokens.text(line, 0),
-            sid: tokens.text(line, 1),
-            reply,
-            payload_len: tokens.size(line, tokens.count - 1)?,
+            subject: args.fixed[0],
+            sid: args.fixed[1],
+            reply: args.reply,
+            payload_len: args.sizes[0],
         };
-        Some((op, tokens.line_len))
-    } else if line.starts_with(b"HMSG ") {
-        let tokens = Tokens::scan(line, 5, 5, max_arg)?;
-        let reply = match tokens.count {
-            4 => None,
-            5 => Some(tokens.text(line, 2)),
-            _ => return None,
-        };
-        let (header_len, total_len) = tokens.header_sizes(line, tokens.count - 2)?;
-        let op = ServerOp::HMsg {
-            subject: tokens.text(line, 0),
-            sid: tokens.text(line, 1),
-            reply,
-            header_len,
-            total_len,
-        };
-        Some((op, tokens.line_len))
-    } else {
-        None
+        return Some((op, args.line_len));
     }
+    let args = data_args(line, b"HMSG ", 2, 2, max_arg)?;
+    let op = ServerOp::HMsg {
+        subject: args.fixed[0],
+        sid: args.fixed[1],
+        reply: args.reply,
+        header_len: args.sizes[0],
+        total_len: args.sizes[1],
+    };
+    Some((op, args.line_len))
 }
 
 #[cfg(test)]
@@ -257,32 +244,6 @@ mod tests {
             let limits = Limits { max_control_line, ..Limits::default() };
             agrees::<ClientToServer>(&line, &limits)?;
             agrees::<ServerToClient>(&line, &limits)?;
-        }
-    }
-
-    #[test]
-    fn special_bytes_are_found_in_words_and_tails() {
-        for len in 0..20 {
-            for at in 0..len {
-                for special in [0x00, 0x09, 0x0d, 0x20, 0x7f, 0x80, 0xc3, 0xff] {
-                    let mut line = vec![b'a'; len];
-                    line[at] = special;
-                    assert_eq!(
-                        super::next_special_byte(&line, 0),
-                        Some(at),
-                        "{len} {at} {special:#x}"
-                    );
-                    // Everything from a special byte on may be anything.
-                    line[at..].fill(special);
-                    assert_eq!(
-                        super::next_special_byte(&line, 0),
-                        Some(at),
-                        "{len} {at} {special:#x}"
-                    );
-                }
-            }
-            let printable: Vec<u8> = (0..len).map(|i| 0x21 + (i as u8 * 7) % 0x5e).collect();
-            assert_eq!(super::next_special_byte(&printable, 0), None);
         }
     }
 

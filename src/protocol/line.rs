@@ -152,40 +152,30 @@ fn measured_len(name: OpName, arg: &[u8]) -> usize {
     }
 }
 
-/// Whether `word` holds a byte below 0x20 or above 0x7e (eight bytes at a time; the
-/// usual bit tricks: a borrow out of `byte - 0x20` sets the top bit of a byte below 0x20,
-/// `byte + 1` reaches 0x80 from 0x7f, and bytes from 0x80 have it already).
-fn has_special_byte(word: u64) -> bool {
+/// The index of the first byte from `at` on outside `LOW..=0x7e` (`LOW` ≤ 0x20: a control
+/// byte, DEL, a non-ASCII byte, and for `LOW` 0x21 also the space). Eight bytes at a time: a
+/// borrow out of `byte - LOW` sets the top bit of a byte below `LOW`, `byte + 1` reaches 0x80
+/// from 0x7f, and bytes from 0x80 have it already; borrows and carries only run upward from
+/// such a byte, so the lowest flagged byte is exact.
+#[inline(always)]
+pub(crate) fn first_byte_outside<const LOW: u8>(bytes: &[u8], mut at: usize) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
-    let below_space = word.wrapping_sub(ONES * 0x20) & !word;
-    let from_delete = word.wrapping_add(ONES) | word;
-    (below_space | from_delete) & HIGH != 0
-}
-
-/// The index of the first byte below 0x20 or above 0x7e.
-fn first_special_byte(content: &[u8]) -> Option<usize> {
-    let words = content.chunks_exact(8);
-    let tail_start = content.len() - words.remainder().len();
-    for (index, word) in words.enumerate() {
-        let bytes: [u8; 8] = word.try_into().unwrap_or_default();
-        if has_special_byte(u64::from_le_bytes(bytes)) {
-            let start = index * 8;
-            return word
-                .iter()
-                .position(|&b| !(0x20..0x7f).contains(&b))
-                .map(|at| start + at);
+    while let Some(word) = bytes.get(at..at + 8) {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(word).ok()?);
+        let below = word.wrapping_sub(ONES * u64::from(LOW)) & !word;
+        let flagged = (below | word.wrapping_add(ONES) | word) & HIGH;
+        if flagged != 0 {
+            return Some(at + flagged.trailing_zeros() as usize / 8);
         }
+        at += 8;
     }
-    content[tail_start..]
-        .iter()
-        .position(|&b| !(0x20..0x7f).contains(&b))
-        .map(|at| tail_start + at)
+    (at..bytes.len()).find(|&index| !(LOW..0x7f).contains(&bytes[index]))
 }
 
 /// The first control byte, stray `\r` or invalid UTF-8 in `content`, with its position.
 fn scan_content(content: &[u8], finished: bool) -> Option<(usize, ProtocolError)> {
-    let first = first_special_byte(content)?;
+    let first = first_byte_outside::<0x20>(content, 0)?;
     let rest = &content[first..];
     let control = rest
         .iter()
@@ -290,22 +280,29 @@ mod tests {
     }
 
     #[test]
-    fn special_bytes_are_found_in_words_and_tails() {
-        for len in 0..20 {
-            for at in 0..len {
-                for special in [0x00, 0x09, 0x0d, 0x1f, 0x7f, 0x80, 0xc3, 0xff] {
-                    let mut content = vec![b'a'; len];
-                    content[at] = special;
-                    assert_eq!(
-                        first_special_byte(&content),
-                        Some(at),
-                        "{len} {at} {special:#x}"
-                    );
+    fn bytes_outside_the_range_are_found_in_words_and_tails() {
+        fn check<const LOW: u8>(specials: &[u8]) {
+            for len in 0..20 {
+                for at in 0..len {
+                    for &special in specials {
+                        let mut bytes = vec![b'a'; len];
+                        bytes[at] = special;
+                        let found = first_byte_outside::<LOW>(&bytes, 0);
+                        assert_eq!(found, Some(at), "{LOW:#x}: {len} {at} {special:#x}");
+                        // Everything from the first such byte on may be anything.
+                        bytes[at..].fill(special);
+                        let found = first_byte_outside::<LOW>(&bytes, 0);
+                        assert_eq!(found, Some(at), "{LOW:#x}: {len} {at} {special:#x}");
+                    }
                 }
+                let inside: Vec<u8> = (0..len)
+                    .map(|i| LOW + (i as u8 * 7) % (0x7f - LOW))
+                    .collect();
+                assert_eq!(first_byte_outside::<LOW>(&inside, 0), None);
             }
-            let printable: Vec<u8> = (0..len).map(|i| 0x20 + (i as u8 * 7) % 0x5f).collect();
-            assert_eq!(first_special_byte(&printable), None);
         }
+        check::<0x20>(&[0x00, 0x09, 0x0d, 0x1f, 0x7f, 0x80, 0xc3, 0xff]);
+        check::<0x21>(&[0x00, 0x09, 0x0d, 0x20, 0x7f, 0x80, 0xc3, 0xff]);
     }
 
     #[test]
