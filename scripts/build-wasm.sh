@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # Builds target/wasm32-wasip1/release/natsguard.wasm and checks its imports.
 #
-# Toolchain detection: a rustup toolchain with the wasm32-wasip1 target installed gets the plain
-# `cargo build --target wasm32-wasip1`. Otherwise Debian's rustc-web route is used: rustc 1.96 with
-# the std sources (-Zbuild-std) linked against Debian's wasi-libc by lld; its packages are installed
-# when missing (needs root). NATSGUARD_WASM_TOOLCHAIN=debian forces the second route.
+# Toolchain detection: with rustup, the wasm32-wasip1 target is added if missing and the plain
+# `cargo build --target wasm32-wasip1` runs. Without rustup, or if the target cannot be added,
+# Debian's rustc-web route is used: rustc 1.96 with the std sources (-Zbuild-std) linked against
+# Debian's wasi-libc by lld; its packages are installed when missing (needs root). NATSGUARD_WASM_TOOLCHAIN=debian forces the second route.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=wasm32-wasip1
 out=target/$target/release/natsguard.wasm
 debian_packages=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
 
+has_rustup_target() {
+    command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"
+}
 if [[ ${NATSGUARD_WASM_TOOLCHAIN:-} != debian ]] && command -v rustup >/dev/null 2>&1 &&
-    rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+    ! has_rustup_target; then
+    # A normal rustup gets the plain build: try to add the target (it needs the network once).
+    echo "build-wasm: rustup add target $target"
+    rustup target add "$target" >/dev/null 2>&1 ||
+        echo "build-wasm: rustup could not add $target; using Debian's rustc-web route" >&2
+fi
+if [[ ${NATSGUARD_WASM_TOOLCHAIN:-} != debian ]] && has_rustup_target; then
     echo "build-wasm: rustup toolchain with $target"
     cargo build --release --target "$target" --lib
 else
