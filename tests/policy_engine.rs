@@ -134,6 +134,121 @@ fn wildcard_subscriptions_use_the_literal_token_rule_strictly() {
     }
 }
 
+/// Where natsguard's strict reading of `*` against a `>` token and nats-server's reading differ,
+/// the one that denies more decides: a queue entry restricts under nats-server's (wider)
+/// matching, a grant needs both readings. Rows marked (issue 12) were allowed before the fix
+/// and are refused by nats-server 2.15.1.
+#[test]
+fn a_restricting_queue_entry_is_matched_the_way_nats_server_matches_it() {
+    let cases: &[(Value, &str, Option<&str>, bool)] = &[
+        // (issue 12) `* q2` matches the literal `>` for nats-server: queue subscribers of `>`
+        // are limited to q2, whatever the plain `>` allows.
+        (
+            json!({ "allow": ["* q2", "a.a", ">"] }),
+            ">",
+            Some("q1"),
+            false,
+        ),
+        (json!(["c", "* q2", ">"]), ">", Some("q1"), false),
+        // Both readings allow this one: nats-server through `* q2`, the strict one through `>`.
+        (
+            json!({ "allow": ["* q2", "a.a", ">"] }),
+            ">",
+            Some("q2"),
+            true,
+        ),
+        (json!({ "allow": ["* q2", "a.a", ">"] }), ">", None, true),
+        (
+            json!({ "allow": ["* q2", "a.a", ">"] }),
+            "x",
+            Some("q2"),
+            true,
+        ),
+        (
+            json!({ "allow": ["* q2", "a.a", ">"] }),
+            "x",
+            Some("q1"),
+            false,
+        ),
+        (
+            json!({ "allow": ["foo.* q2", "foo.>"] }),
+            "foo.>",
+            Some("q1"),
+            false,
+        ),
+        (
+            json!({ "allow": ["foo.* q2", "foo.>"] }),
+            "foo.>",
+            Some("q2"),
+            true,
+        ),
+        (
+            json!({ "allow": ["foo.* q2", "foo.>"] }),
+            "foo.>",
+            None,
+            true,
+        ),
+        (
+            json!({ "allow": ["foo.* q2", "foo.>"] }),
+            "foo.*",
+            Some("q2"),
+            true,
+        ),
+        (
+            json!({ "allow": ["foo.* q2", "foo.>"] }),
+            "foo.*",
+            Some("q1"),
+            false,
+        ),
+        (
+            json!({ "allow": ["a.*.c q2", "a.>"] }),
+            "a.>",
+            Some("q1"),
+            true,
+        ),
+        (
+            json!({ "allow": ["a.*.c q2", "a.>"] }),
+            "a.>.c",
+            Some("q1"),
+            false,
+        ),
+        // A grant still needs the strict reading: `* q2` does not grant `>` to q2.
+        (json!({ "allow": ["* q2"] }), ">", Some("q2"), false),
+        (json!({ "allow": ["* q2", ">"] }), "*", Some("q2"), true),
+    ];
+    for (allow, subject, queue, expected) in cases {
+        let mut perms = permissions(json!({ "subscribe": allow }));
+        assert_eq!(
+            sub(&mut perms, subject, *queue),
+            *expected,
+            "allow {allow} SUB {subject} {queue:?}"
+        );
+    }
+}
+
+/// nats-server arms its delivery filter on every SUB its reading allows. A SUB that only
+/// natsguard refuses (`*` against `>`) must arm natsguard's filter too, or the connection's
+/// other deliveries (a JetStream pull on an inbox sid) would pass where nats-server drops them.
+#[test]
+fn a_sub_only_natsguard_refuses_still_arms_the_delivery_filter() {
+    let mut perms = permissions(
+        json!({ "subscribe": { "allow": ["foo.*", "_INBOX.>"], "deny": ["foo.secret"] } }),
+    );
+    assert!(sub(&mut perms, "_INBOX.x", None));
+    assert!(!perms.delivery_filter_armed());
+    assert!(!sub(&mut perms, "foo.>", None), "natsguard refuses foo.>");
+    assert!(
+        perms.delivery_filter_armed(),
+        "nats-server allowed foo.> and armed its filter"
+    );
+    assert!(!perms.should_deliver(b"foo.secret", None));
+    // A SUB that nats-server refuses too arms nothing.
+    let mut perms =
+        permissions(json!({ "subscribe": { "allow": ["bar.*"], "deny": ["foo.secret"] } }));
+    assert!(!sub(&mut perms, "foo.*", None));
+    assert!(!perms.delivery_filter_armed());
+}
+
 #[test]
 fn deny_entries_block_literal_overlaps_and_filter_deliveries() {
     let mut perms = permissions(json!({ "subscribe": { "deny": ["foo.secret", "secret.>"] } }));
@@ -534,6 +649,48 @@ fn template_injection_never_widens_permissions() {
     let mut perms = templated(json!({ "tid": "\u{fc}ber" }));
     assert!(perms.check_publish("tenants.\u{fc}ber.x".as_bytes(), at(0)));
     assert!(!perms.check_publish(b"tenants.uber.x", at(0)));
+}
+
+/// A queue allow entry restricts queue subscribers; when its template cannot be filled, the
+/// restriction stays (granting no queue) instead of disappearing with the entry.
+#[test]
+fn unresolvable_queue_allow_templates_keep_restricting() {
+    let config = json!({ "rules": [{ "name": "r", "permissions": {
+        "subscribe": { "allow": ["orders.>", "orders.* {{jwt.claim.team}}", "jobs.{{jwt.claim.team}} w"] } } }] });
+    let policy = load(config).unwrap().policy;
+    let resolve = |team: Value| {
+        policy
+            .resolve(&identity(
+                None,
+                Some(jwt("iss", "s", json!({ "team": team }))),
+            ))
+            .unwrap()
+    };
+    let mut perms = resolve(json!("red"));
+    assert!(sub(&mut perms, "orders.x", Some("red")));
+    assert!(!sub(&mut perms, "orders.x", Some("blue")));
+    assert!(sub(&mut perms, "jobs.red", Some("w")));
+    assert!(
+        !sub(&mut perms, "jobs.red", None),
+        "a queue entry only grants its queue"
+    );
+    for hostile in [json!("a.b"), json!("*"), json!(null), json!("")] {
+        let mut perms = resolve(hostile.clone());
+        assert!(
+            sub(&mut perms, "orders.x", None),
+            "team {hostile}: plain SUB"
+        );
+        for queue in ["red", "blue", "a.b", "*", ">"] {
+            assert!(
+                !sub(&mut perms, "orders.x", Some(queue)),
+                "team {hostile}: SUB orders.x {queue}"
+            );
+        }
+        assert!(
+            sub(&mut perms, "orders.x.y", Some("any")),
+            "orders.x.y is outside the restriction"
+        );
+    }
 }
 
 #[test]

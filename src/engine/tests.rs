@@ -161,6 +161,64 @@ fn a_denied_queue_subscription_uses_the_queue_wording() {
     );
 }
 
+fn subscribe_policy(subscribe: &str) -> Rc<Gate> {
+    gate(&format!(
+        r#"{{
+          "identity": {{ "spiffe": {{ "required": true, "trust_domains": ["cluster.local"] }} }},
+          "rules": [{{ "name": "subscribers", "permissions": {{ "subscribe": {subscribe} }} }}]
+        }}"#
+    ))
+}
+
+/// Issue 12: a `*` queue entry restricts queue subscribers of `>` to its queue, as nats-server
+/// reads it, whatever the plain allows say.
+#[test]
+fn a_wildcard_queue_entry_restricts_queue_subscribers_of_a_full_wildcard() {
+    for (subscribe, frame, sid) in [
+        (r#"{"allow": ["* q2", "a.a", ">"]}"#, "SUB > q1 2\r\n", "2"),
+        (r#"["c", "* q2", ">"]"#, "SUB > q1 6\r\n", "6"),
+    ] {
+        let mut connection = connected(subscribe_policy(subscribe), Some(PUBLISHER));
+        assert_eq!(
+            client(&mut connection, frame.as_bytes()),
+            b"PING\r\n",
+            "{subscribe}"
+        );
+        let (downstream, _) = server(&mut connection, b"PONG\r\n");
+        assert_eq!(
+            downstream,
+            b"-ERR 'Permissions Violation for Subscription to \">\" using queue \"q1\"'\r\n",
+            "{subscribe} sid {sid}"
+        );
+        let plain = format!("SUB > {sid}\r\n");
+        assert_eq!(client(&mut connection, plain.as_bytes()), plain.as_bytes());
+    }
+}
+
+/// A SUB that nats-server would allow and only natsguard refuses arms the delivery filter as it
+/// arms nats-server's: a message on a denied subject delivered on another sid (a JetStream pull
+/// answers on the inbox sid with the stream subject) is dropped.
+#[test]
+fn a_sub_refused_only_by_natsguard_arms_the_delivery_filter() {
+    let mut connection = connected(
+        subscribe_policy(r#"{"allow": ["orders.*", "_INBOX.>"], "deny": ["orders.secret"]}"#),
+        Some(PUBLISHER),
+    );
+    assert_eq!(
+        client(&mut connection, b"SUB _INBOX.a 1\r\n"),
+        b"SUB _INBOX.a 1\r\n"
+    );
+    assert_eq!(client(&mut connection, b"SUB orders.> 2\r\n"), b"PING\r\n");
+    let (downstream, _) = server(
+        &mut connection,
+        b"PONG\r\nMSG orders.secret 1 $JS.ACK.S.C.1.1.1.1.0 1\r\ns\r\nMSG orders.open 1 1\r\no\r\n",
+    );
+    assert_eq!(
+        downstream,
+        b"-ERR 'Permissions Violation for Subscription to \"orders.>\"'\r\nMSG orders.open 1 1\r\no\r\n"
+    );
+}
+
 #[test]
 fn deliveries_of_denied_subjects_are_filtered_for_overlapping_wildcards() {
     let mut connection = connected(billing_policy(), Some(PUBLISHER));

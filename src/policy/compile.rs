@@ -363,8 +363,9 @@ impl Policy {
 type DirectionUnion = (Option<PatternTrie>, Option<PatternTrie>, Vec<Box<[u8]>>);
 
 /// Unites one direction over several rules: unrestricted if any rule is, otherwise all allow
-/// entries; all deny entries. An allow entry whose template cannot be expanded is dropped (so a
-/// list can end up empty: nothing allowed); a deny entry widens instead (see `Template`).
+/// entries; all deny entries. A plain allow entry whose template cannot be expanded is dropped
+/// (so a list can end up empty: nothing allowed); a queue allow entry keeps restricting without
+/// granting a queue, and a deny entry widens (see `Template`): what cannot be read denies more.
 fn union_direction<'a>(
     directions: impl Iterator<Item = &'a DirectionRules> + Clone,
     identity: &dyn IdentityFacts,
@@ -378,13 +379,23 @@ fn union_direction<'a>(
             .clone()
             .flat_map(|direction| direction.allow.iter().flatten())
         {
-            // An entry whose subject or queue cannot be expanded is dropped.
-            let queue = match &entry.queue {
-                None => Some(None),
-                Some(queue) => queue.expand(identity).map(Some),
-            };
-            if let (Some(subject), Some(queue)) = (entry.subject.expand(identity), queue) {
-                trie.insert(subject.as_bytes(), queue.as_deref().map(str::as_bytes));
+            let subject = entry.subject.expand(identity);
+            match (&entry.queue, subject) {
+                (None, Some(subject)) => trie.insert(subject.as_bytes(), None),
+                // A plain entry that cannot be expanded grants nothing: dropped.
+                (None, None) => {}
+                (Some(queue), subject) => match (queue.expand(identity), subject) {
+                    (Some(queue), Some(subject)) => {
+                        trie.insert(subject.as_bytes(), Some(queue.as_bytes()))
+                    }
+                    // A queue entry also restricts: whatever cannot be expanded still limits
+                    // queue subscribers (the subject widened as in a deny entry), granting none.
+                    (_, subject) => {
+                        let subject = subject
+                            .unwrap_or_else(|| entry.subject.expand_for_deny(identity, false));
+                        trie.insert_queue_restriction(subject.as_bytes());
+                    }
+                },
             }
         }
         trie

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::cache::{DecisionCache, DecisionKind};
-use super::subject::{has_wildcard, is_subset_match, subjects_collide, tokens};
+use super::subject::{has_wildcard, is_subset_match, subjects_collide, tokens, FULL_WILDCARD};
 use super::trie::{MatchMode, PatternTrie, Terminal};
 
 /// nats-server refuses this queue group name to clients (server/client.go, `sysGroup`).
@@ -221,24 +221,40 @@ impl ConnectionPermissions {
     /// that could overlap a deny entry arms the delivery filter.
     pub fn check_subscribe(&mut self, subject: &[u8], queue: Option<&[u8]>) -> SubscribeDecision {
         let queue = queue.filter(|queue| !queue.is_empty());
-        if !self.can_subscribe(subject, queue) {
+        if !self.check_subscribe_permission(subject, queue) {
             return SubscribeDecision::Denied;
         }
-        self.arm_delivery_filter_if_needed(subject, queue.is_some());
         if queue == Some(SYSTEM_QUEUE_GROUP) {
             return SubscribeDecision::Denied;
         }
         SubscribeDecision::Allowed
     }
 
-    fn can_subscribe(&self, subject: &[u8], queue: Option<&[u8]>) -> bool {
+    /// The SUB check under both readings of `*` against a `>` token (see [`MatchMode`]): allowed
+    /// only if both allow it, so a queue entry that nats-server sees as restricting restricts
+    /// here too. The delivery filter arms as nats-server's does, on the SUBs nats-server's
+    /// reading allows: a SUB natsguard alone refuses must not leave the filter off where
+    /// nats-server would filter the connection's other deliveries.
+    fn check_subscribe_permission(&mut self, subject: &[u8], queue: Option<&[u8]>) -> bool {
+        let nats_server_allows = self.can_subscribe(subject, queue, MatchMode::NatsServer);
+        if nats_server_allows {
+            self.arm_delivery_filter_if_needed(subject, queue.is_some());
+        }
+        let readings_differ = tokens(subject).any(|token| token == FULL_WILDCARD);
+        nats_server_allows
+            && (!readings_differ || self.can_subscribe(subject, queue, MatchMode::Strict))
+    }
+
+    /// nats-server's canSubscribeInternal with `mode` for the allow list; the deny list is
+    /// always read the nats-server way (it only restricts).
+    fn can_subscribe(&self, subject: &[u8], queue: Option<&[u8]>, mode: MatchMode) -> bool {
         let effective = &self.effective;
         if let Some(allow) = &effective.subscribe_allow {
             let (mut plain, mut queue_entries, mut queue_allowed) = (false, false, false);
-            allow.find_match(subject, MatchMode::Strict, &mut |terminal| {
+            allow.find_match(subject, mode, &mut |terminal| {
                 plain |= terminal.plain;
                 if let Some(queue) = queue {
-                    if !terminal.queues.is_empty() {
+                    if terminal.queue_restricted {
                         queue_entries = true;
                         queue_allowed |= terminal_has_queue(terminal, queue);
                     }

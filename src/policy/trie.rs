@@ -9,20 +9,30 @@ use std::hash::{BuildHasherDefault, Hasher};
 use super::subject::{has_empty_token, tokens, FULL_WILDCARD, SINGLE_WILDCARD};
 
 /// How a pattern `*` treats a client subject's literal `>` token.
+///
+/// The two readings differ only for a subject with a `>` token, and natsguard takes, at every
+/// decision, the one that denies more: an entry that *grants* (a plain allow, a queue allow that
+/// names the client's queue) is read [`MatchMode::Strict`]; an entry that *restricts* (any queue
+/// allow entry, which limits queue subscribers to its queues, and every deny entry) is read
+/// [`MatchMode::NatsServer`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MatchMode {
-    /// nats-server's rule: a pattern `*` matches any single token, `>` included. Used for deny
-    /// lists, where matching more is the safe direction.
+    /// nats-server's rule: a pattern `*` matches any single token, `>` included.
     NatsServer,
-    /// natsguard's allow-list rule: a pattern `*` does not match a literal `>` token, so
+    /// natsguard's rule for grants: a pattern `*` does not match a literal `>` token, so
     /// allow `foo.*` never authorises `SUB foo.>` (a true subset check).
     Strict,
 }
 
-/// What a pattern ending at a node grants: a plain entry, and/or queue-group entries.
+/// What the patterns ending at a node say: a plain entry, and/or queue-group entries.
 #[derive(Default, Debug)]
 pub(crate) struct Terminal {
     pub(crate) plain: bool,
+    /// Some queue entry ends here: in an allow list it limits queue subscribers of a matching
+    /// subject to the queues of the matching queue entries (nats-server's queue override).
+    pub(crate) queue_restricted: bool,
+    /// The queue groups those entries name. May be empty while `queue_restricted` holds: an
+    /// entry whose queue template could not be filled restricts without granting any queue.
     pub(crate) queues: Vec<Box<[u8]>>,
 }
 
@@ -48,6 +58,18 @@ pub(crate) struct PatternTrie {
 impl PatternTrie {
     /// Inserts a pattern (already validated) with an optional queue group.
     pub(crate) fn insert(&mut self, pattern: &[u8], queue: Option<&[u8]>) {
+        self.insert_entry(pattern, queue.map(Some));
+    }
+
+    /// Inserts a queue entry that restricts queue subscribers of `pattern` without granting
+    /// them any queue group (its queue could not be determined).
+    pub(crate) fn insert_queue_restriction(&mut self, pattern: &[u8]) {
+        self.insert_entry(pattern, Some(None));
+    }
+
+    /// `queue`: `None` for a plain entry; `Some(None)` for a queue entry without a grantable
+    /// queue group.
+    fn insert_entry(&mut self, pattern: &[u8], queue: Option<Option<&[u8]>>) {
         let mut level = &mut self.root;
         let mut pending = tokens(pattern).peekable();
         loop {
@@ -62,11 +84,18 @@ impl PatternTrie {
             if pending.peek().is_none() {
                 let terminal = node.terminal.get_or_insert_with(Terminal::default);
                 match queue {
-                    Some(queue) if !terminal.queues.iter().any(|known| **known == *queue) => {
-                        terminal.queues.push(queue.into())
-                    }
-                    Some(_) => {}
                     None => terminal.plain = true,
+                    Some(queue) => {
+                        terminal.queue_restricted = true;
+                        match queue {
+                            Some(queue)
+                                if !terminal.queues.iter().any(|known| **known == *queue) =>
+                            {
+                                terminal.queues.push(queue.into())
+                            }
+                            _ => {}
+                        }
+                    }
                 }
                 self.len += 1;
                 return;
