@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::*;
 use crate::identity::Authenticator;
 use crate::policy;
+use crate::protocol::AUTHORIZATION_VIOLATION;
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
 const PUBLISHER: &str = "spiffe://cluster.local/ns/billing/sa/publisher";

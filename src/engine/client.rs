@@ -1,0 +1,424 @@
+//! Client → server frames on an established connection: PUB and HPUB (with the message-trace
+//! destinations nats-server reads from headers), SUB, UNSUB, PING, and protocol errors.
+
+use std::time::Duration;
+
+use super::handshake::Decision;
+use super::output::Rewrite;
+use super::{
+    forward_control_line, AuditEvent, Connection, Forward, HeldHeaders, PayloadFate, PongOwner,
+    Session, State, Subscription, Verdict, MAX_HELD_HEADERS,
+};
+use crate::policy::SubscribeDecision;
+use crate::protocol::{
+    publish_violation, subscription_violation, ClientOp, ClientParser, Connect, Item, Operation,
+    ProtocolError, WholeFrame,
+};
+
+impl Connection {
+    pub(super) fn process_client(
+        &mut self,
+        parser: &mut ClientParser,
+        chunk: &[u8],
+        now: Duration,
+    ) -> Verdict {
+        let mut out = Rewrite::new(chunk);
+        let mut items = parser.feed(chunk);
+        loop {
+            if matches!(self.state, State::Established(_)) {
+                while let Some(frame) = items.whole_frame() {
+                    self.client_whole_frame(frame, chunk, now, &mut out);
+                    if matches!(self.state, State::Closing) {
+                        return Verdict {
+                            forward: out.finish(),
+                            close: None,
+                        };
+                    }
+                }
+            }
+            let Some(item) = items.next() else { break };
+            match item {
+                Item::Partial { span } => out.drop(span),
+                Item::Payload(piece) => match &mut self.client_payload {
+                    PayloadFate::Forward => out.keep(piece.span),
+                    PayloadFate::Drop => out.drop(piece.span),
+                    PayloadFate::Inspect(headers) => {
+                        out.drop(piece.span.clone());
+                        let take = headers.remaining.min(piece.data.len());
+                        let header_part = piece.span.start..piece.span.start + take;
+                        headers.held.extend_from_slice(&chunk[header_part.clone()]);
+                        headers.remaining -= take;
+                        if headers.remaining == 0 {
+                            self.release_held_headers(now, &mut out);
+                            if self.client_payload == PayloadFate::Forward {
+                                out.keep(header_part.end..piece.span.end);
+                            }
+                        }
+                    }
+                },
+                Item::Error { error, span } => {
+                    out.drop(span);
+                    self.fail_protocol(&error, &mut out);
+                }
+                Item::ControlLine(line) => {
+                    self.client_payload = PayloadFate::Forward;
+                    let forward_line = |out: &mut Rewrite| forward_control_line(out, &line);
+                    match (&mut self.state, line.op) {
+                        (State::AwaitingConnect, ClientOp::Connect { json }) => {
+                            out.drop(line.span.clone());
+                            let connect = match Connect::parse(json) {
+                                Ok(connect) => connect,
+                                Err(error) => {
+                                    self.fail_protocol(&error, &mut out);
+                                    break;
+                                }
+                            };
+                            let mut forwarded = Vec::new();
+                            let decision = self.authenticate(connect, now, &mut forwarded);
+                            out.insert(&forwarded);
+                            if let Decision::Waiting(connect) = decision {
+                                let held = chunk[line.span.end..].to_vec();
+                                self.state = State::AwaitingKeys {
+                                    connect,
+                                    since: now,
+                                    held,
+                                };
+                                return Verdict {
+                                    forward: Forward::Hold,
+                                    close: None,
+                                };
+                            }
+                        }
+                        (State::AwaitingConnect, _) => {
+                            out.drop(line.span.clone());
+                            let mut refusal = Vec::new();
+                            self.refuse(&mut refusal, "connect_required", None);
+                            out.insert(&refusal);
+                        }
+                        (State::Established(_), ClientOp::Connect { .. }) => {
+                            out.drop(line.span.clone());
+                            let mut refusal = Vec::new();
+                            self.refuse(&mut refusal, "second_connect", None);
+                            out.insert(&refusal);
+                        }
+                        (State::Established(_), ClientOp::Pub { subject, .. }) => {
+                            match self.publish_allowed(subject, None, now) {
+                                Ok(()) => forward_line(&mut out),
+                                Err(denied) => {
+                                    out.drop(line.span.clone());
+                                    self.deny_publish(&denied, &mut out);
+                                }
+                            }
+                        }
+                        (
+                            State::Established(session),
+                            ClientOp::HPub {
+                                subject,
+                                header_len,
+                                ..
+                            },
+                        ) => {
+                            let headers_start = line.span.end;
+                            let headers_end = headers_start + header_len as usize;
+                            if !session.headers {
+                                // nats-server closes silently on HPUB without headers:true.
+                                out.drop(line.span.clone());
+                                self.fail_protocol(&ProtocolError::WrongArgumentCount, &mut out);
+                            } else if headers_end <= chunk.len() {
+                                let headers = &chunk[headers_start..headers_end];
+                                match self.publish_allowed(subject, Some(headers), now) {
+                                    Ok(()) => forward_line(&mut out),
+                                    Err(denied) => {
+                                        out.drop(line.span.clone());
+                                        self.deny_publish(&denied, &mut out);
+                                    }
+                                }
+                            } else if header_len as usize > MAX_HELD_HEADERS {
+                                out.drop(line.span.clone());
+                                self.fail_protocol(&ProtocolError::UnknownOperation, &mut out);
+                            } else {
+                                // The decision needs the header block (a Nats-Trace-Dest header is
+                                // a publish too): hold the line until the block is complete.
+                                out.drop(line.span.clone());
+                                let mut held = Vec::with_capacity(
+                                    line.op.canonical_len() + header_len as usize,
+                                );
+                                line.op.write_canonical(&mut held);
+                                self.client_payload = PayloadFate::Inspect(Box::new(HeldHeaders {
+                                    line_len: held.len(),
+                                    held,
+                                    remaining: header_len as usize,
+                                    subject: subject.into(),
+                                }));
+                            }
+                        }
+                        (
+                            State::Established(session),
+                            ClientOp::Sub {
+                                subject,
+                                queue,
+                                sid,
+                            },
+                        ) => {
+                            let queue_bytes = queue.map(str::as_bytes);
+                            match session
+                                .permissions
+                                .check_subscribe(subject.as_bytes(), queue_bytes)
+                            {
+                                SubscribeDecision::Allowed => {
+                                    self.report.counters.subscribe_allowed += 1;
+                                    // nats-server ignores a SUB that reuses a live sid.
+                                    // Subscriptions are tracked for the delivery filter only.
+                                    if session.permissions.may_filter_deliveries() {
+                                        session.subscriptions.entry(sid.into()).or_insert(
+                                            Subscription {
+                                                queue: queue.map(Into::into),
+                                                delivered: 0,
+                                                max: None,
+                                            },
+                                        );
+                                    }
+                                    forward_line(&mut out);
+                                }
+                                SubscribeDecision::Denied => {
+                                    self.report.counters.subscribe_denied += 1;
+                                    let rules = session.permissions.matched_rules();
+                                    self.report.events.push(AuditEvent::denied(
+                                        "SUB",
+                                        subject,
+                                        queue,
+                                        &session.identity,
+                                        rules,
+                                    ));
+                                    out.drop(line.span.clone());
+                                    out.insert(b"PING\r\n");
+                                    self.pongs
+                                        .push_back(PongOwner::Error(subscription_violation(
+                                            subject.as_bytes(),
+                                            queue_bytes,
+                                        )));
+                                }
+                            }
+                        }
+                        (State::Established(session), ClientOp::Unsub { sid, max_msgs }) => {
+                            // nats-server unsubscribes now unless the max is above what was delivered.
+                            if let Some(subscription) = session.subscriptions.get_mut(sid) {
+                                match max_msgs {
+                                    Some(max) if max > subscription.delivered => {
+                                        subscription.max = Some(max)
+                                    }
+                                    _ => {
+                                        session.subscriptions.remove(sid);
+                                    }
+                                }
+                            }
+                            forward_line(&mut out);
+                        }
+                        (State::Established(_), ClientOp::Ping) => {
+                            self.pongs.push_back(PongOwner::Client);
+                            forward_line(&mut out);
+                        }
+                        (State::Established(_), ClientOp::Pong) => forward_line(&mut out),
+                        (
+                            State::AwaitingKeys { .. } | State::Expired { .. } | State::Closing,
+                            _,
+                        ) => {
+                            out.drop(line.span.clone());
+                        }
+                    }
+                }
+            }
+            if matches!(self.state, State::Closing) {
+                // Nothing after a fatal frame is forwarded.
+                break;
+            }
+        }
+        Verdict {
+            forward: out.finish(),
+            close: None,
+        }
+    }
+
+    /// Answers a denied publish like nats-server: the frame is dropped (its payload too) and
+    /// a PING goes upstream whose PONG becomes `Permissions Violation for Publish to "<subject>"`.
+    pub(super) fn deny_publish(&mut self, denied_subject: &str, out: &mut Rewrite) {
+        self.report.counters.publish_denied += 1;
+        if let State::Established(session) = &self.state {
+            let rules = session.permissions.matched_rules();
+            self.report.events.push(AuditEvent::denied(
+                "PUB",
+                denied_subject,
+                None,
+                &session.identity,
+                rules,
+            ));
+        }
+        self.client_payload = PayloadFate::Drop;
+        out.insert(b"PING\r\n");
+        self.pongs.push_back(PongOwner::Error(publish_violation(
+            denied_subject.as_bytes(),
+        )));
+    }
+
+    /// A PUB/HPUB read whole (line, payload, terminator) on an established connection: forwarded
+    /// as it is, or answered like nats-server.
+    pub(super) fn client_whole_frame(
+        &mut self,
+        frame: WholeFrame<ClientOp>,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) {
+        let (subject, headers) = match frame.op {
+            ClientOp::Pub { subject, .. } => (subject, None),
+            ClientOp::HPub {
+                subject,
+                header_len,
+                ..
+            } => {
+                if !self.session_has_headers() {
+                    // nats-server closes silently on HPUB without headers:true.
+                    out.drop(frame.span);
+                    self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
+                    return;
+                }
+                let headers_end = frame.payload.start + header_len as usize;
+                (subject, Some(&chunk[frame.payload.start..headers_end]))
+            }
+            // `whole_frame` reads only frames with a payload.
+            _ => {
+                out.drop(frame.span);
+                self.fail_protocol(&ProtocolError::UnknownOperation, out);
+                return;
+            }
+        };
+        match self.publish_allowed(subject, headers, now) {
+            Ok(()) => out.keep(frame.span),
+            Err(denied) => {
+                out.drop(frame.span);
+                self.deny_publish(&denied, out);
+                // The payload went with the frame.
+                self.client_payload = PayloadFate::Forward;
+            }
+        }
+    }
+
+    pub(super) fn session_has_headers(&self) -> bool {
+        matches!(&self.state, State::Established(session) if session.headers)
+    }
+
+    /// nats-server's publish checks for a PUB (`headers: None`) or an HPUB whose header block is
+    /// at hand; counts an allowed publish. `Err` carries the subject the violation names.
+    pub(super) fn publish_allowed(
+        &mut self,
+        subject: &str,
+        headers: Option<&[u8]>,
+        now: Duration,
+    ) -> Result<(), String> {
+        let State::Established(session) = &mut self.state else {
+            return Err(subject.to_string());
+        };
+        let verdict = match headers {
+            None if session.permissions.check_publish(subject.as_bytes(), now) => Ok(()),
+            None => Err(subject.to_string()),
+            Some(headers) => publish_verdict(session, subject, &trace_destinations(headers), now),
+        };
+        if verdict.is_ok() {
+            self.report.counters.publish_allowed += 1;
+        }
+        verdict
+    }
+
+    /// The header block of a held HPUB is complete: decide, then forward the held bytes or
+    /// answer the denial. Sets the fate of the rest of the payload.
+    pub(super) fn release_held_headers(&mut self, now: Duration, out: &mut Rewrite) {
+        let PayloadFate::Inspect(headers) =
+            std::mem::replace(&mut self.client_payload, PayloadFate::Forward)
+        else {
+            return;
+        };
+        if !matches!(self.state, State::Established(_)) {
+            self.client_payload = PayloadFate::Drop;
+            return;
+        }
+        let header_block = &headers.held[headers.line_len..];
+        match self.publish_allowed(&headers.subject, Some(header_block), now) {
+            Ok(()) => out.insert(&headers.held),
+            Err(denied) => self.deny_publish(&denied, out),
+        }
+    }
+
+    /// A fatal client-side protocol error: forward what came before, then a PING whose PONG
+    /// becomes the server's own error line (or nothing, where nats-server closes silently).
+    pub(super) fn fail_protocol(&mut self, error: &ProtocolError, out: &mut Rewrite) {
+        self.report
+            .events
+            .push(AuditEvent::protocol_error(error.reason(), self.identity()));
+        self.state = State::Closing;
+        out.insert(b"PING\r\n");
+        self.pongs.push_back(PongOwner::ErrorThenClose(
+            error.server_error_line().map(<[u8]>::to_vec),
+        ));
+    }
+}
+
+/// nats-server's publish checks in its order: the message-trace destination it reads from a
+/// `Nats-Trace-Dest` header is a publish of its own (server/msgtrace.go), then the subject; then
+/// the destinations only natsguard checks. `Err` carries the subject the violation names, so a
+/// frame nats-server would refuse too gets its error word for word.
+fn publish_verdict(
+    session: &mut Session,
+    subject: &str,
+    traces: &TraceDestinations,
+    now: Duration,
+) -> Result<(), String> {
+    let server_order = traces
+        .read_by_server
+        .iter()
+        .map(String::as_str)
+        .chain([subject])
+        .chain(traces.others.iter().map(String::as_str));
+    for destination in server_order {
+        if !session
+            .permissions
+            .check_publish(destination.as_bytes(), now)
+        {
+            return Err(destination.to_string());
+        }
+    }
+    Ok(())
+}
+
+/// The `Nats-Trace-Dest` values of an HPUB header block.
+#[derive(Default)]
+struct TraceDestinations {
+    /// The one nats-server reads: the first with exactly that key, in a block that starts with
+    /// `NATS/1.0\r\n`.
+    read_by_server: Option<String>,
+    /// Every other occurrence, in any letter case, after any first line: natsguard is stricter,
+    /// so no spelling of the header escapes the check.
+    others: Vec<String>,
+}
+
+fn trace_destinations(headers: &[u8]) -> TraceDestinations {
+    const KEY: &[u8] = b"Nats-Trace-Dest";
+    let mut traces = TraceDestinations::default();
+    let server_reads_traces = headers.starts_with(b"NATS/1.0\r\n");
+    for line in headers.split(|&b| b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let key = line[..colon].trim_ascii();
+        if !key.eq_ignore_ascii_case(KEY) {
+            continue;
+        }
+        let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+        if server_reads_traces && key == KEY && traces.read_by_server.is_none() {
+            traces.read_by_server = Some(value);
+        } else {
+            traces.others.push(value);
+        }
+    }
+    traces
+}

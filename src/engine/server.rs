@@ -1,0 +1,169 @@
+//! Server → client frames: deliveries (nats-server's delivery-time deny filter, UNSUB max,
+//! allow_responses bookkeeping), PONGs that carry natsguard's answers, INFO.
+
+use std::time::Duration;
+
+use super::output::Rewrite;
+use super::{
+    forward_control_line, AuditEvent, Close, Connection, Forward, PayloadFate, PongOwner, State,
+    Verdict,
+};
+use crate::protocol::{Item, ServerOp, ServerParser};
+
+impl Connection {
+    pub(super) fn process_server(
+        &mut self,
+        parser: &mut ServerParser,
+        chunk: &[u8],
+        now: Duration,
+    ) -> Verdict {
+        let mut out = Rewrite::new(chunk);
+        let mut items = parser.feed(chunk);
+        loop {
+            while let Some(frame) = items.whole_frame() {
+                if self.delivers(&frame.op, now) {
+                    out.keep(frame.span);
+                } else {
+                    out.drop(frame.span);
+                }
+            }
+            let Some(item) = items.next() else { break };
+            match item {
+                Item::Partial { span } => out.drop(span),
+                Item::Payload(piece) => match self.server_payload {
+                    PayloadFate::Drop => out.drop(piece.span),
+                    // Server payloads are never held for inspection.
+                    PayloadFate::Forward | PayloadFate::Inspect(_) => out.keep(piece.span),
+                },
+                Item::Error { error, span } => {
+                    // The server's stream is not NATS as natsguard reads it: fail closed.
+                    self.report
+                        .events
+                        .push(AuditEvent::protocol_error(error.reason(), self.identity()));
+                    out.drop(span);
+                    self.state = State::Closing;
+                    return Verdict {
+                        forward: out.finish(),
+                        close: Some(Close::AfterWrite),
+                    };
+                }
+                Item::ControlLine(line) => {
+                    self.server_payload = PayloadFate::Forward;
+                    match line.op {
+                        ServerOp::Info { json } => {
+                            if let Err(reason) = self.server_info(json, &line, &mut out) {
+                                self.report
+                                    .events
+                                    .push(AuditEvent::protocol_error(reason, None));
+                                self.state = State::Closing;
+                                return Verdict {
+                                    forward: Forward::Replace(Vec::new()),
+                                    close: Some(Close::Now),
+                                };
+                            }
+                        }
+                        ServerOp::Msg { .. } | ServerOp::HMsg { .. } => {
+                            if self.delivers(&line.op, now) {
+                                forward_control_line(&mut out, &line);
+                            } else {
+                                self.server_payload = PayloadFate::Drop;
+                                out.drop(line.span.clone());
+                            }
+                        }
+                        ServerOp::Pong => match self.pongs.pop_front() {
+                            None | Some(PongOwner::Client) => forward_control_line(&mut out, &line),
+                            Some(PongOwner::Error(error)) => {
+                                out.drop(line.span.clone());
+                                out.insert(&error);
+                            }
+                            Some(PongOwner::ErrorThenClose(error)) => {
+                                out.drop(line.span.clone());
+                                if let Some(error) = error {
+                                    out.insert(&error);
+                                }
+                                self.state = State::Closing;
+                                return Verdict {
+                                    forward: out.finish(),
+                                    close: Some(Close::AfterWrite),
+                                };
+                            }
+                        },
+                        ServerOp::Ping | ServerOp::Ok | ServerOp::Err { .. } => {
+                            forward_control_line(&mut out, &line)
+                        }
+                    }
+                }
+            }
+        }
+        Verdict {
+            forward: out.finish(),
+            close: None,
+        }
+    }
+
+    /// Whether a MSG/HMSG reaches the client; counts the ones filtered out. Other ops are not
+    /// deliveries: never forwarded from here.
+    pub(super) fn delivers(&mut self, op: &ServerOp, now: Duration) -> bool {
+        let (ServerOp::Msg {
+            subject,
+            sid,
+            reply,
+            ..
+        }
+        | ServerOp::HMsg {
+            subject,
+            sid,
+            reply,
+            ..
+        }) = *op
+        else {
+            return false;
+        };
+        let delivered = self.deliver(subject, sid, reply, now);
+        if !delivered {
+            self.report.counters.deliveries_filtered += 1;
+        }
+        delivered
+    }
+
+    /// Whether a MSG/HMSG reaches the client: nats-server's deny-on-delivery filter, the
+    /// subscription's UNSUB max, and allow_responses bookkeeping of its reply subject.
+    pub(super) fn deliver(
+        &mut self,
+        subject: &str,
+        sid: &str,
+        reply: Option<&str>,
+        now: Duration,
+    ) -> bool {
+        // Only an established session has subscriptions; a closing connection gets nothing
+        // more (its delivery filter must not lapse while its last replies are in flight).
+        let State::Established(session) = &mut self.state else {
+            return false;
+        };
+        if session.permissions.may_filter_deliveries() {
+            let mut subscription = session.subscriptions.get_mut(sid);
+            let queue = subscription.as_deref().and_then(|s| s.queue.as_deref());
+            let deliver = session
+                .permissions
+                .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
+            if !deliver {
+                return false;
+            }
+            let used_up = subscription.as_mut().is_some_and(|subscription| {
+                subscription.delivered = subscription.delivered.saturating_add(1);
+                subscription
+                    .max
+                    .is_some_and(|max| subscription.delivered >= max)
+            });
+            if used_up {
+                session.subscriptions.remove(sid);
+            }
+        }
+        if let Some(reply) = reply {
+            session
+                .permissions
+                .record_delivered_reply(reply.as_bytes(), now);
+        }
+        true
+    }
+}
