@@ -7,6 +7,8 @@ run_dir=.run
 mkdir -p "$run_dir"
 
 envoy/gen-certs.sh >/dev/null
+# natsguard's configuration reaches Envoy by ECDS from .run/natsguard-ecds.json (envoy/mesh.yaml).
+scripts/set-policy.sh envoy/demo-policy.json >/dev/null
 if command -v func-e >/dev/null 2>&1; then
     envoy_cmd=(func-e run)
 else
@@ -43,7 +45,7 @@ cat <<EOT
 natsguard demo is up: nats-server on 127.0.0.1:14222 behind Envoy + natsguard (envoy/mesh.yaml).
 Connect a NATS client to an identity's port; it reaches nats-server over mTLS with that SPIFFE ID.
 
-  port   identity                                         may (demo policy in envoy/mesh.yaml)
+  port   identity                                         may (demo policy: envoy/demo-policy.json)
   14001  spiffe://cluster.local/ns/billing/sa/publisher   publish billing.> except billing.admin.>; subscribe _INBOX.>
   14002  spiffe://cluster.local/ns/billing/sa/subscriber  subscribe billing.> except billing.admin.>; publish nothing
   14003  spiffe://cluster.local/ns/guest/sa/visitor       nothing: no rule matches (default_action deny)
@@ -51,6 +53,9 @@ Connect a NATS client to an identity's port; it reaches nats-server over mTLS wi
   14005  (certificate without SPIFFE ID)                  nothing: no mesh identity
 
 Try (nats-py is in .venv):   .venv/bin/python scripts/demo-client.py
+  (it also changes the policy under its open connections, and changes it back)
+Change the policy live:      scripts/set-policy.sh <policy.json>   (e.g. envoy/demo-policy-live.json;
+  it is checked first, then renamed over $run_dir/natsguard-ecds.json: open connections follow it)
 Stats:  curl -s 127.0.0.1:19901/stats | grep natsguard        Logs: $run_dir/envoy.log
 Ctrl-C stops everything.
 EOT

@@ -21,6 +21,10 @@ pub enum EventKind {
     ProtocolError,
     /// The connection's token expired; the connection closes.
     Expired,
+    /// A newer configuration no longer allows one of the connection's subscriptions.
+    SubscriptionRevoked,
+    /// A newer configuration no longer accepts the connection; it closes.
+    ConnectionRevoked,
     /// The connection closed.
     ConnectionEnd,
 }
@@ -43,6 +47,8 @@ impl AuditEvent {
             EventKind::Deny => "deny",
             EventKind::ProtocolError => "protocol_error",
             EventKind::Expired => "expired",
+            EventKind::SubscriptionRevoked => "subscription_revoked",
+            EventKind::ConnectionRevoked => "connection_revoked",
             EventKind::ConnectionEnd => "connection_end",
         };
         let mut object = Map::new();
@@ -58,12 +64,51 @@ impl AuditEvent {
         }
     }
 
-    pub(crate) fn connection_start(identity: &Identity, rules: &[String]) -> AuditEvent {
+    pub(crate) fn connection_start(
+        identity: &Identity,
+        rules: &[String],
+        policy_version: &str,
+    ) -> AuditEvent {
+        let mut fields = identity_fields(Some(identity), rules);
+        fields.insert("policy_version".into(), policy_version.into());
+        AuditEvent::new(EventKind::ConnectionStart, "", fields)
+    }
+
+    /// A newer configuration no longer allows a subscription: it was removed (nats-server's
+    /// reload does the same).
+    pub(crate) fn subscription_revoked(
+        subject: &str,
+        queue: Option<&str>,
+        sid: &str,
+        identity: &Identity,
+        rules: &[String],
+        policy_version: &str,
+    ) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("op".into(), "SUB".into());
+        fields.insert("subject".into(), subject.into());
+        if let Some(queue) = queue {
+            fields.insert("queue".into(), queue.into());
+        }
+        fields.insert("sid".into(), sid.into());
+        fields.append(&mut identity_fields(Some(identity), rules));
+        fields.insert("policy_version".into(), policy_version.into());
         AuditEvent::new(
-            EventKind::ConnectionStart,
-            "",
-            identity_fields(Some(identity), rules),
+            EventKind::SubscriptionRevoked,
+            "subscription_revoked",
+            fields,
         )
+    }
+
+    /// A newer configuration no longer accepts the connection: it is closed.
+    pub(crate) fn connection_revoked(
+        reason: &'static str,
+        identity: &Identity,
+        policy_version: &str,
+    ) -> AuditEvent {
+        let mut fields = identity_fields(Some(identity), &[]);
+        fields.insert("policy_version".into(), policy_version.into());
+        AuditEvent::new(EventKind::ConnectionRevoked, reason, fields)
     }
 
     pub(crate) fn auth_failure(reason: &'static str, peer_uri_san: Option<&str>) -> AuditEvent {
@@ -128,6 +173,7 @@ impl AuditEvent {
                 "subscribe_allowed": totals.subscribe_allowed,
                 "subscribe_denied": totals.subscribe_denied,
                 "deliveries_filtered": totals.deliveries_filtered,
+                "subscriptions_revoked": totals.subscriptions_revoked,
             }),
         );
         AuditEvent::new(EventKind::ConnectionEnd, "", fields)

@@ -7,12 +7,12 @@ use super::handshake::Decision;
 use super::output::Rewrite;
 use super::{
     forward_control_line, AuditEvent, Connection, Forward, HeldHeaders, PayloadFate, PongOwner,
-    Session, State, Subscription, Verdict, MAX_HELD_HEADERS,
+    Session, State, Verdict, MAX_HELD_HEADERS,
 };
 use crate::policy::SubscribeDecision;
 use crate::protocol::{
-    publish_violation, subscription_violation, ClientOp, ClientParser, Connect, Item, Operation,
-    ProtocolError, WholeFrame,
+    publish_violation, subscription_violation, ClientOp, ClientParser, Connect, ControlLine, Item,
+    Operation, PayloadPiece, ProtocolError, WholeFrame,
 };
 
 impl Connection {
@@ -26,6 +26,9 @@ impl Connection {
         let mut items = parser.feed(chunk);
         loop {
             if matches!(self.state, State::Established(_)) {
+                if !self.pending.unsubscribe.is_empty() && items.at_op_boundary() {
+                    self.send_pending_unsubscribes(&mut out);
+                }
                 while let Some(frame) = items.whole_frame() {
                     self.client_whole_frame(frame, chunk, now, &mut out);
                     if matches!(self.state, State::Closing) {
@@ -39,192 +42,15 @@ impl Connection {
             let Some(item) = items.next() else { break };
             match item {
                 Item::Partial { span } => out.drop(span),
-                Item::Payload(piece) => match &mut self.client_payload {
-                    PayloadFate::Forward => out.keep(piece.span),
-                    PayloadFate::Drop => out.drop(piece.span),
-                    PayloadFate::Inspect(headers) => {
-                        out.drop(piece.span.clone());
-                        let take = headers.remaining.min(piece.data.len());
-                        let header_part = piece.span.start..piece.span.start + take;
-                        headers.held.extend_from_slice(&chunk[header_part.clone()]);
-                        headers.remaining -= take;
-                        if headers.remaining == 0 {
-                            self.release_held_headers(now, &mut out);
-                            if self.client_payload == PayloadFate::Forward {
-                                out.keep(header_part.end..piece.span.end);
-                            }
-                        }
-                    }
-                },
+                Item::Payload(piece) => self.client_payload_piece(piece, chunk, now, &mut out),
                 Item::Error { error, span } => {
                     out.drop(span);
                     self.fail_protocol(&error, &mut out);
                 }
                 Item::ControlLine(line) => {
                     self.client_payload = PayloadFate::Forward;
-                    let forward_line = |out: &mut Rewrite| forward_control_line(out, &line);
-                    match (&mut self.state, line.op) {
-                        (State::AwaitingConnect, ClientOp::Connect { json }) => {
-                            out.drop(line.span.clone());
-                            let connect = match Connect::parse(json) {
-                                Ok(connect) => connect,
-                                Err(error) => {
-                                    self.fail_protocol(&error, &mut out);
-                                    break;
-                                }
-                            };
-                            let mut forwarded = Vec::new();
-                            let decision = self.authenticate(connect, now, &mut forwarded);
-                            out.insert(&forwarded);
-                            if let Decision::Waiting(connect) = decision {
-                                let held = chunk[line.span.end..].to_vec();
-                                self.state = State::AwaitingKeys {
-                                    connect,
-                                    since: now,
-                                    held,
-                                };
-                                return Verdict {
-                                    forward: Forward::Hold,
-                                    close: None,
-                                };
-                            }
-                        }
-                        (State::AwaitingConnect, _) => {
-                            out.drop(line.span.clone());
-                            let mut refusal = Vec::new();
-                            self.refuse(&mut refusal, "connect_required", None);
-                            out.insert(&refusal);
-                        }
-                        (State::Established(_), ClientOp::Connect { .. }) => {
-                            out.drop(line.span.clone());
-                            let mut refusal = Vec::new();
-                            self.refuse(&mut refusal, "second_connect", None);
-                            out.insert(&refusal);
-                        }
-                        (State::Established(_), ClientOp::Pub { subject, .. }) => {
-                            match self.publish_allowed(subject, None, now) {
-                                Ok(()) => forward_line(&mut out),
-                                Err(denied) => {
-                                    out.drop(line.span.clone());
-                                    self.deny_publish(&denied, &mut out);
-                                }
-                            }
-                        }
-                        (
-                            State::Established(session),
-                            ClientOp::HPub {
-                                subject,
-                                header_len,
-                                ..
-                            },
-                        ) => {
-                            let headers_start = line.span.end;
-                            let headers_end = headers_start + header_len as usize;
-                            if !session.headers {
-                                // nats-server closes silently on HPUB without headers:true.
-                                out.drop(line.span.clone());
-                                self.fail_protocol(&ProtocolError::WrongArgumentCount, &mut out);
-                            } else if headers_end <= chunk.len() {
-                                let headers = &chunk[headers_start..headers_end];
-                                match self.publish_allowed(subject, Some(headers), now) {
-                                    Ok(()) => forward_line(&mut out),
-                                    Err(denied) => {
-                                        out.drop(line.span.clone());
-                                        self.deny_publish(&denied, &mut out);
-                                    }
-                                }
-                            } else if header_len as usize > MAX_HELD_HEADERS {
-                                out.drop(line.span.clone());
-                                self.fail_protocol(&ProtocolError::UnknownOperation, &mut out);
-                            } else {
-                                // The decision needs the header block (a Nats-Trace-Dest header is
-                                // a publish too): hold the line until the block is complete.
-                                out.drop(line.span.clone());
-                                let mut held = Vec::with_capacity(
-                                    line.op.canonical_len() + header_len as usize,
-                                );
-                                line.op.write_canonical(&mut held);
-                                self.client_payload = PayloadFate::Inspect(Box::new(HeldHeaders {
-                                    line_len: held.len(),
-                                    held,
-                                    remaining: header_len as usize,
-                                    subject: subject.into(),
-                                }));
-                            }
-                        }
-                        (
-                            State::Established(session),
-                            ClientOp::Sub {
-                                subject,
-                                queue,
-                                sid,
-                            },
-                        ) => {
-                            let queue_bytes = queue.map(str::as_bytes);
-                            match session
-                                .permissions
-                                .check_subscribe(subject.as_bytes(), queue_bytes)
-                            {
-                                SubscribeDecision::Allowed => {
-                                    self.report.counters.subscribe_allowed += 1;
-                                    // nats-server ignores a SUB that reuses a live sid.
-                                    // Subscriptions are tracked for the delivery filter only.
-                                    if session.permissions.may_filter_deliveries() {
-                                        session.subscriptions.entry(sid.into()).or_insert(
-                                            Subscription {
-                                                queue: queue.map(Into::into),
-                                                delivered: 0,
-                                                max: None,
-                                            },
-                                        );
-                                    }
-                                    forward_line(&mut out);
-                                }
-                                SubscribeDecision::Denied => {
-                                    self.report.counters.subscribe_denied += 1;
-                                    let rules = session.permissions.matched_rules();
-                                    self.report.events.push(AuditEvent::denied(
-                                        "SUB",
-                                        subject,
-                                        queue,
-                                        &session.identity,
-                                        rules,
-                                    ));
-                                    out.drop(line.span.clone());
-                                    out.insert(b"PING\r\n");
-                                    self.pongs
-                                        .push_back(PongOwner::Error(subscription_violation(
-                                            subject.as_bytes(),
-                                            queue_bytes,
-                                        )));
-                                }
-                            }
-                        }
-                        (State::Established(session), ClientOp::Unsub { sid, max_msgs }) => {
-                            // nats-server unsubscribes now unless the max is above what was delivered.
-                            if let Some(subscription) = session.subscriptions.get_mut(sid) {
-                                match max_msgs {
-                                    Some(max) if max > subscription.delivered => {
-                                        subscription.max = Some(max)
-                                    }
-                                    _ => {
-                                        session.subscriptions.remove(sid);
-                                    }
-                                }
-                            }
-                            forward_line(&mut out);
-                        }
-                        (State::Established(_), ClientOp::Ping) => {
-                            self.pongs.push_back(PongOwner::Client);
-                            forward_line(&mut out);
-                        }
-                        (State::Established(_), ClientOp::Pong) => forward_line(&mut out),
-                        (
-                            State::AwaitingKeys { .. } | State::Expired { .. } | State::Closing,
-                            _,
-                        ) => {
-                            out.drop(line.span.clone());
-                        }
+                    if let Some(verdict) = self.client_control_line(&line, chunk, now, &mut out) {
+                        return verdict;
                     }
                 }
             }
@@ -233,10 +59,250 @@ impl Connection {
                 break;
             }
         }
+        if matches!(self.state, State::Established(_))
+            && !self.pending.unsubscribe.is_empty()
+            && items.at_op_boundary()
+        {
+            self.send_pending_unsubscribes(&mut out);
+        }
         Verdict {
             forward: out.finish(),
             close: None,
         }
+    }
+
+    fn client_payload_piece(
+        &mut self,
+        piece: PayloadPiece,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) {
+        match &mut self.client_payload {
+            PayloadFate::Forward => out.keep(piece.span),
+            PayloadFate::Drop => out.drop(piece.span),
+            PayloadFate::Inspect(headers) => {
+                out.drop(piece.span.clone());
+                let take = headers.remaining.min(piece.data.len());
+                let header_part = piece.span.start..piece.span.start + take;
+                headers.held.extend_from_slice(&chunk[header_part.clone()]);
+                headers.remaining -= take;
+                if headers.remaining == 0 {
+                    self.release_held_headers(now, out);
+                    if self.client_payload == PayloadFate::Forward {
+                        out.keep(header_part.end..piece.span.end);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One client control line. `Some` when the chunk's verdict is decided here (a CONNECT
+    /// that must wait for keys holds the rest of the chunk).
+    fn client_control_line(
+        &mut self,
+        line: &ControlLine<ClientOp>,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) -> Option<Verdict> {
+        match (&mut self.state, line.op) {
+            (State::AwaitingConnect, ClientOp::Connect { json }) => {
+                return self.client_connect(json, line, chunk, now, out);
+            }
+            (State::AwaitingConnect, _) => {
+                out.drop(line.span.clone());
+                let mut refusal = Vec::new();
+                self.refuse(&mut refusal, "connect_required", None);
+                out.insert(&refusal);
+            }
+            (State::Established(_), ClientOp::Connect { .. }) => {
+                out.drop(line.span.clone());
+                let mut refusal = Vec::new();
+                self.refuse(&mut refusal, "second_connect", None);
+                out.insert(&refusal);
+            }
+            (State::Established(_), ClientOp::Pub { subject, .. }) => {
+                match self.publish_allowed(subject, None, now) {
+                    Ok(()) => forward_control_line(out, line),
+                    Err(denied) => {
+                        out.drop(line.span.clone());
+                        self.deny_publish(&denied, out);
+                    }
+                }
+            }
+            (
+                State::Established(_),
+                ClientOp::HPub {
+                    subject,
+                    header_len,
+                    ..
+                },
+            ) => self.client_hpub(line, subject, header_len as usize, chunk, now, out),
+            (
+                State::Established(_),
+                ClientOp::Sub {
+                    subject,
+                    queue,
+                    sid,
+                },
+            ) => self.client_sub(line, subject, queue, sid, out),
+            (State::Established(session), ClientOp::Unsub { sid, max_msgs }) => {
+                session.subscriptions.unsubscribe(sid, max_msgs);
+                forward_control_line(out, line);
+            }
+            (State::Established(_), ClientOp::Ping) => {
+                self.pongs.push_back(PongOwner::Client);
+                forward_control_line(out, line);
+            }
+            (State::Established(_), ClientOp::Pong) => forward_control_line(out, line),
+            (State::AwaitingKeys { .. } | State::MustClose { .. } | State::Closing, _) => {
+                out.drop(line.span.clone());
+            }
+        }
+        None
+    }
+
+    /// The first CONNECT: authenticated, forwarded in its place (or a refusal), or held with the
+    /// rest of the chunk until a provider's first key set arrives.
+    fn client_connect(
+        &mut self,
+        json: &str,
+        line: &ControlLine<ClientOp>,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) -> Option<Verdict> {
+        out.drop(line.span.clone());
+        let connect = match Connect::parse(json) {
+            Ok(connect) => connect,
+            Err(error) => {
+                self.fail_protocol(&error, out);
+                return None;
+            }
+        };
+        let mut forwarded = Vec::new();
+        let decision = self.authenticate(connect, now, &mut forwarded);
+        out.insert(&forwarded);
+        let Decision::Waiting(connect) = decision else {
+            return None;
+        };
+        let held = chunk[line.span.end..].to_vec();
+        self.state = State::AwaitingKeys {
+            connect,
+            since: now,
+            held,
+        };
+        Some(Verdict {
+            forward: Forward::Hold,
+            close: None,
+        })
+    }
+
+    fn client_hpub(
+        &mut self,
+        line: &ControlLine<ClientOp>,
+        subject: &str,
+        header_len: usize,
+        chunk: &[u8],
+        now: Duration,
+        out: &mut Rewrite,
+    ) {
+        let headers_start = line.span.end;
+        let headers_end = headers_start + header_len;
+        if !self.session_has_headers() {
+            // nats-server closes silently on HPUB without headers:true.
+            out.drop(line.span.clone());
+            self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
+        } else if headers_end <= chunk.len() {
+            let headers = &chunk[headers_start..headers_end];
+            match self.publish_allowed(subject, Some(headers), now) {
+                Ok(()) => forward_control_line(out, line),
+                Err(denied) => {
+                    out.drop(line.span.clone());
+                    self.deny_publish(&denied, out);
+                }
+            }
+        } else if header_len > MAX_HELD_HEADERS {
+            out.drop(line.span.clone());
+            self.fail_protocol(&ProtocolError::UnknownOperation, out);
+        } else {
+            // The decision needs the header block (a Nats-Trace-Dest header is a publish too):
+            // hold the line until the block is complete.
+            out.drop(line.span.clone());
+            let mut held = Vec::with_capacity(line.op.canonical_len() + header_len);
+            line.op.write_canonical(&mut held);
+            self.client_payload = PayloadFate::Inspect(Box::new(HeldHeaders {
+                line_len: held.len(),
+                held,
+                remaining: header_len,
+                subject: subject.into(),
+            }));
+        }
+    }
+
+    fn client_sub(
+        &mut self,
+        line: &ControlLine<ClientOp>,
+        subject: &str,
+        queue: Option<&str>,
+        sid: &str,
+        out: &mut Rewrite,
+    ) {
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        let queue_bytes = queue.map(str::as_bytes);
+        match session
+            .permissions
+            .check_subscribe(subject.as_bytes(), queue_bytes)
+        {
+            SubscribeDecision::Allowed => {
+                self.report.counters.subscribe_allowed += 1;
+                session.subscriptions.subscribe(sid, subject, queue);
+                forward_control_line(out, line);
+            }
+            SubscribeDecision::Denied => {
+                self.report.counters.subscribe_denied += 1;
+                let rules = session.permissions.matched_rules();
+                self.report.events.push(AuditEvent::denied(
+                    "SUB",
+                    subject,
+                    queue,
+                    &session.identity,
+                    rules,
+                ));
+                out.drop(line.span.clone());
+                out.insert(b"PING\r\n");
+                self.pongs
+                    .push_back(PongOwner::Error(subscription_violation(
+                        subject.as_bytes(),
+                        queue_bytes,
+                    )));
+            }
+        }
+    }
+
+    /// The UNSUBs of subscriptions a newer configuration revoked, then a PING whose PONG tells
+    /// when nats-server removed them (deliveries for them are dropped until then). Called only
+    /// at a frame boundary of the client's stream.
+    fn send_pending_unsubscribes(&mut self, out: &mut Rewrite) {
+        let State::Established(session) = &self.state else {
+            return;
+        };
+        let sids = std::mem::take(&mut self.pending.unsubscribe);
+        for sid in &sids {
+            out.insert(b"UNSUB ");
+            out.insert(sid.as_bytes());
+            out.insert(b"\r\n");
+        }
+        out.insert(b"PING\r\n");
+        let oks = if session.verbose {
+            sids.len() as u32
+        } else {
+            0
+        };
+        self.pongs.push_back(PongOwner::Unsubscribed { sids, oks });
     }
 
     /// Answers a denied publish like nats-server: the frame is dropped (its payload too) and

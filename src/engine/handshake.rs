@@ -2,14 +2,14 @@
 //! (authentication, permissions, the CONNECT forwarded in its place), connections waiting for a
 //! provider's first key set, and refusals.
 
-use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::output::Rewrite;
+use super::subscriptions::Subscriptions;
 use super::{
-    forward_control_line, AuditEvent, Connection, Forward, PongOwner, Session, State, Verdict,
-    AWAIT_KEYS_TIMEOUT,
+    forward_control_line, AuditEvent, Connection, Forward, PongOwner, PresentedToken, Session,
+    State, Verdict, AWAIT_KEYS_TIMEOUT,
 };
 use crate::identity::{AuthOutcome, Identity, TokenField};
 use crate::policy::UpstreamCredentials;
@@ -75,13 +75,18 @@ impl Connection {
         forwarded: &mut Vec<u8>,
     ) -> Decision {
         let gate = Rc::clone(&self.gate);
-        let outcome = {
+        let (outcome, token) = {
             let authenticator = gate.authenticator.borrow();
-            let token = authenticator
-                .token_fields()
-                .iter()
-                .find_map(|field| token_of(&connect, *field));
-            authenticator.authenticate(self.peer_uri_san.as_deref(), token, now.as_secs())
+            let token = authenticator.token_fields().iter().find_map(|field| {
+                token_of(&connect, *field).map(|value| PresentedToken {
+                    field: *field,
+                    value: value.into(),
+                })
+            });
+            let value = token.as_ref().map(|token| &*token.value);
+            let outcome =
+                authenticator.authenticate(self.peer_uri_san.as_deref(), value, now.as_secs());
+            (outcome, token)
         };
         let identity = match outcome {
             AuthOutcome::Authenticated(identity) => *identity,
@@ -111,13 +116,19 @@ impl Connection {
         self.report.events.push(AuditEvent::connection_start(
             &identity,
             permissions.matched_rules(),
+            gate.policy.version(),
         ));
         self.state = State::Established(Box::new(Session {
             valid_until: identity.valid_until(),
             headers: connect.headers() == Some(true),
+            // nats-server's default when the key is absent.
+            verbose: connect.verbose() != Some(false),
+            // Only a token that was verified is worth keeping.
+            token: token.filter(|_| identity.jwt.is_some()),
             identity,
             permissions,
-            subscriptions: BTreeMap::new(),
+            verify_again_by: None,
+            subscriptions: Subscriptions::default(),
         }));
         Decision::Accepted
     }

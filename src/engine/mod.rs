@@ -15,18 +15,21 @@ mod audit;
 mod client;
 mod handshake;
 mod output;
+mod reload;
 mod server;
+mod subscriptions;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::identity::{Authenticator, Identity, ProxySigner};
+use crate::identity::{Authenticator, Identity, ProxySigner, TokenField};
 use crate::policy::{ConnectionPermissions, Policy};
 use crate::protocol::{
     ClientParser, Connect, ControlLine, Limits, Operation, ServerParser,
     USER_AUTHENTICATION_EXPIRED,
 };
+use subscriptions::Subscriptions;
 
 pub use audit::{AuditEvent, EventKind};
 pub use output::Forward;
@@ -40,12 +43,13 @@ pub const MAX_HELD_BYTES: usize = 64 * 1024;
 /// Longest server control line natsguard reads: a MSG line carries the publisher's subject and
 /// reply (each up to the server's limit) plus the sid, and INFO can list many cluster URLs.
 pub const MAX_SERVER_CONTROL_LINE: usize = 64 * 1024;
-/// After a token expired, how long to wait for server bytes to carry the `-ERR` before closing
-/// without it.
+/// After a token expired or a policy update revoked the connection, how long to wait for server
+/// bytes to carry the `-ERR` before closing without it.
 pub const EXPIRY_GRACE: Duration = Duration::from_secs(2);
 
-/// What every connection of a plugin shares: the compiled policy, the authenticator (its
-/// remote key sets change at run time) and the trusted-proxy key.
+/// What every connection of one configuration of a plugin shares: the compiled policy, the
+/// authenticator (its remote key sets change at run time) and the trusted-proxy key. A newer
+/// configuration is a new `Gate`, which open connections adopt ([`Connection::adopt`]).
 pub struct Gate {
     pub policy: Policy,
     pub authenticator: std::cell::RefCell<Authenticator>,
@@ -77,6 +81,12 @@ pub struct Counters {
     pub subscribe_allowed: u64,
     pub subscribe_denied: u64,
     pub deliveries_filtered: u64,
+    /// Times the connection was re-evaluated under a newer configuration.
+    pub reevaluated: u64,
+    /// Subscriptions a newer configuration no longer allowed.
+    pub subscriptions_revoked: u64,
+    /// The connection was refused by a newer configuration.
+    pub revoked: u64,
 }
 
 impl Counters {
@@ -87,6 +97,9 @@ impl Counters {
             subscribe_allowed: self.subscribe_allowed + other.subscribe_allowed,
             subscribe_denied: self.subscribe_denied + other.subscribe_denied,
             deliveries_filtered: self.deliveries_filtered + other.deliveries_filtered,
+            reevaluated: self.reevaluated + other.reevaluated,
+            subscriptions_revoked: self.subscriptions_revoked + other.subscriptions_revoked,
+            revoked: self.revoked + other.revoked,
         }
     }
 }
@@ -107,13 +120,10 @@ enum PongOwner {
     Error(Vec<u8>),
     /// A fatal condition: the PONG becomes this line (if any), then the connection closes.
     ErrorThenClose(Option<Vec<u8>>),
-}
-
-#[derive(Debug)]
-struct Subscription {
-    queue: Option<Box<str>>,
-    delivered: u32,
-    max: Option<u32>,
+    /// natsguard's own PING after the UNSUBs of revoked subscriptions: its PONG (swallowed)
+    /// confirms nats-server removed them. `oks`: the `+OK`s nats-server sends a verbose client
+    /// for those UNSUBs, also natsguard's to swallow.
+    Unsubscribed { sids: Vec<Box<str>>, oks: u32 },
 }
 
 #[derive(Debug)]
@@ -128,8 +138,12 @@ enum State {
     },
     /// Authenticated: frames are checked against the permissions.
     Established(Box<Session>),
-    /// The token expired: the next server bytes carry `User Authentication Expired`.
-    Expired { since: Duration },
+    /// The token expired, or a newer configuration refused the connection: the next server bytes
+    /// carry `error` (client bytes are replaced by a PING to provoke some), then it closes.
+    MustClose {
+        since: Duration,
+        error: &'static [u8],
+    },
     /// The connection is being closed: nothing more is forwarded either way.
     Closing,
 }
@@ -140,9 +154,40 @@ struct Session {
     permissions: ConnectionPermissions,
     valid_until: Option<u64>,
     headers: bool,
-    /// Live subscriptions by sid, for the delivery filter's queue-group check (kept only when
-    /// the permissions have a subscribe deny entry, i.e. when the filter can arm).
-    subscriptions: BTreeMap<Box<str>, Subscription>,
+    /// CONNECT `verbose` (nats-server's default when absent: true): the server answers `+OK`.
+    verbose: bool,
+    /// The token that authenticated the connection, kept (never logged) to verify it again
+    /// under a newer configuration.
+    token: Option<PresentedToken>,
+    /// A newer configuration's key set for the token's provider was not fetched yet: verify the
+    /// token again until then (the connection is refused at this deadline).
+    verify_again_by: Option<Duration>,
+    subscriptions: Subscriptions,
+}
+
+struct PresentedToken {
+    field: TokenField,
+    value: Box<str>,
+}
+
+impl std::fmt::Debug for PresentedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "PresentedToken {{ field: {:?}, value: <redacted> }}",
+            self.field
+        )
+    }
+}
+
+/// What a newer configuration left to say: it travels at the next frame boundary of each
+/// direction (Envoy lets a network filter write only into the chunks it is handed).
+#[derive(Debug, Default)]
+struct Pending {
+    /// Sids of revoked subscriptions to UNSUB at nats-server.
+    unsubscribe: Vec<Box<str>>,
+    /// nats-server's reload `-ERR` lines for the client.
+    to_client: Vec<u8>,
 }
 
 /// Whether the payload of the frame being streamed is forwarded.
@@ -176,6 +221,9 @@ pub struct Connection {
     client_payload: PayloadFate,
     server_payload: PayloadFate,
     pongs: VecDeque<PongOwner>,
+    /// `+OK`s held back while natsguard's UNSUBs are answered (only on verbose connections).
+    held_oks: u32,
+    pending: Pending,
     peer_uri_san: Option<String>,
     nonce: Option<String>,
     report: Report,
@@ -199,6 +247,8 @@ impl Connection {
             client_payload: PayloadFate::Forward,
             server_payload: PayloadFate::Forward,
             pongs: VecDeque::new(),
+            held_oks: 0,
+            pending: Pending::default(),
             peer_uri_san: None,
             nonce: None,
             report: Report::default(),
@@ -222,6 +272,16 @@ impl Connection {
 
     pub fn is_awaiting_keys(&self) -> bool {
         matches!(self.state, State::AwaitingKeys { .. })
+    }
+
+    /// The version of the configuration deciding this connection.
+    pub fn policy_version(&self) -> &str {
+        self.gate.policy.version()
+    }
+
+    /// Whether the connection was created under, or adopted, this configuration.
+    pub fn is_decided_by(&self, gate: &Rc<Gate>) -> bool {
+        Rc::ptr_eq(&self.gate, gate)
     }
 
     /// Counters and audit events since the last call.
@@ -248,12 +308,11 @@ impl Connection {
                     close: None,
                 }
             }
-            State::Expired { .. } => {
+            State::MustClose { error, .. } => {
                 // Provoke server bytes to carry the -ERR; the client's frames are not executed.
+                let error = error.to_vec();
                 self.state = State::Closing;
-                self.pongs.push_back(PongOwner::ErrorThenClose(Some(
-                    USER_AUTHENTICATION_EXPIRED.to_vec(),
-                )));
+                self.pongs.push_back(PongOwner::ErrorThenClose(Some(error)));
                 return Verdict {
                     forward: Forward::Replace(b"PING\r\n".to_vec()),
                     close: None,
@@ -284,11 +343,13 @@ impl Connection {
         verdict
     }
 
-    /// Periodic check: token expiry. Returns a close to apply now.
+    /// Periodic check: token expiry, a token still to verify under a newer configuration.
+    /// Returns a close to apply now.
     pub fn tick(&mut self, now: Duration) -> Option<Close> {
         self.expire_if_due(now);
+        self.verify_again_if_due(now);
         match self.state {
-            State::Expired { since } if now.saturating_sub(since) >= EXPIRY_GRACE => {
+            State::MustClose { since, .. } if now.saturating_sub(since) >= EXPIRY_GRACE => {
                 self.state = State::Closing;
                 Some(Close::Now)
             }
@@ -305,7 +366,10 @@ impl Connection {
                 self.report
                     .events
                     .push(AuditEvent::expired(&session.identity));
-                self.state = State::Expired { since: now };
+                self.state = State::MustClose {
+                    since: now,
+                    error: USER_AUTHENTICATION_EXPIRED,
+                };
             }
         }
     }
@@ -314,10 +378,10 @@ impl Connection {
     pub fn server_data(&mut self, chunk: &[u8], now: Duration) -> Verdict {
         self.expire_if_due(now);
         match self.state {
-            State::Expired { .. } => {
+            State::MustClose { error, .. } => {
                 self.state = State::Closing;
                 return Verdict {
-                    forward: Forward::Replace(USER_AUTHENTICATION_EXPIRED.to_vec()),
+                    forward: Forward::Replace(error.to_vec()),
                     close: Some(Close::AfterWrite),
                 };
             }

@@ -20,6 +20,9 @@ impl Connection {
         let mut out = Rewrite::new(chunk);
         let mut items = parser.feed(chunk);
         loop {
+            if !self.pending.to_client.is_empty() && items.at_op_boundary() {
+                out.insert(&std::mem::take(&mut self.pending.to_client));
+            }
             while let Some(frame) = items.whole_frame() {
                 if self.delivers(&frame.op, now) {
                     out.keep(frame.span);
@@ -72,6 +75,17 @@ impl Connection {
                         }
                         ServerOp::Pong => match self.pongs.pop_front() {
                             None | Some(PongOwner::Client) => forward_control_line(&mut out, &line),
+                            Some(PongOwner::Unsubscribed { sids, oks }) => {
+                                // natsguard's PING after its UNSUBs: nats-server removed them.
+                                out.drop(line.span.clone());
+                                let theirs = std::mem::take(&mut self.held_oks).saturating_sub(oks);
+                                for _ in 0..theirs {
+                                    out.insert(b"+OK\r\n");
+                                }
+                                if let State::Established(session) = &mut self.state {
+                                    session.subscriptions.unsubscribed(&sids);
+                                }
+                            }
                             Some(PongOwner::Error(error)) => {
                                 out.drop(line.span.clone());
                                 out.insert(&error);
@@ -88,6 +102,20 @@ impl Connection {
                                 };
                             }
                         },
+                        ServerOp::Ok if self.awaits_unsubscribe_oks() => {
+                            // Maybe the answer to natsguard's UNSUB: held until its PONG says.
+                            out.drop(line.span.clone());
+                            self.held_oks += 1;
+                        }
+                        ServerOp::Err { .. } if self.held_oks > 0 => {
+                            // An error answers a frame sent before natsguard's UNSUBs, so every
+                            // +OK held so far was the client's.
+                            out.drop(line.span.clone());
+                            for _ in 0..std::mem::take(&mut self.held_oks) {
+                                out.insert(b"+OK\r\n");
+                            }
+                            forward_control_line(&mut out, &line);
+                        }
                         ServerOp::Ping | ServerOp::Ok | ServerOp::Err { .. } => {
                             forward_control_line(&mut out, &line)
                         }
@@ -95,10 +123,19 @@ impl Connection {
                 }
             }
         }
+        if !self.pending.to_client.is_empty() && items.at_op_boundary() {
+            out.insert(&std::mem::take(&mut self.pending.to_client));
+        }
         Verdict {
             forward: out.finish(),
             close: None,
         }
+    }
+
+    /// Whether the next answers due are natsguard's own UNSUBs' `+OK`s (verbose connections):
+    /// nats-server answers frames in order, so they are the last `+OK`s before its PONG.
+    fn awaits_unsubscribe_oks(&self) -> bool {
+        matches!(self.pongs.front(), Some(PongOwner::Unsubscribed { oks, .. }) if *oks > 0)
     }
 
     /// Whether a MSG/HMSG reaches the client; counts the ones filtered out. Other ops are not
@@ -126,8 +163,9 @@ impl Connection {
         delivered
     }
 
-    /// Whether a MSG/HMSG reaches the client: nats-server's deny-on-delivery filter, the
-    /// subscription's UNSUB max, and allow_responses bookkeeping of its reply subject.
+    /// Whether a MSG/HMSG reaches the client: not on a revoked subscription, nats-server's
+    /// deny-on-delivery filter, the subscription's UNSUB max, and allow_responses bookkeeping
+    /// of its reply subject.
     pub(super) fn deliver(
         &mut self,
         subject: &str,
@@ -140,23 +178,18 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return false;
         };
+        if session.subscriptions.is_revoked(sid) {
+            return false;
+        }
+        // nats-server counted this delivery toward the sid's UNSUB max when it sent it.
+        session.subscriptions.count_delivery(sid);
         if session.permissions.may_filter_deliveries() {
-            let mut subscription = session.subscriptions.get_mut(sid);
-            let queue = subscription.as_deref().and_then(|s| s.queue.as_deref());
+            let queue = session.subscriptions.queue_of(sid);
             let deliver = session
                 .permissions
                 .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
             if !deliver {
                 return false;
-            }
-            let used_up = subscription.as_mut().is_some_and(|subscription| {
-                subscription.delivered = subscription.delivered.saturating_add(1);
-                subscription
-                    .max
-                    .is_some_and(|max| subscription.delivered >= max)
-            });
-            if used_up {
-                session.subscriptions.remove(sid);
             }
         }
         if let Some(reply) = reply {

@@ -47,4 +47,7 @@ pub fn count_frames(counters: &Counters) {
     add("subscribe_allowed", counters.subscribe_allowed);
     add("subscribe_denied", counters.subscribe_denied);
     add("deliveries_filtered", counters.deliveries_filtered);
+    add("connections_reevaluated", counters.reevaluated);
+    add("subscriptions_revoked", counters.subscriptions_revoked);
+    add("connections_revoked", counters.revoked);
 }

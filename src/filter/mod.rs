@@ -6,9 +6,23 @@
 //! first bytes on (§C1); a close requested in the callback that writes an `-ERR` loses it, so
 //! closes are deferred to the root context's tick (§A5, §B); held client bytes can be replaced
 //! and released from another callback while the stream is paused.
+//!
+//! A new configuration of the plugin (Envoy's ECDS, how Istio delivers a `WasmPlugin`) arrives
+//! as a new root context in the same VM (§I2). It takes over the open connections of the same
+//! plugin — same `name` and `root_id`, never another plugin's — and hands each to the engine
+//! ([`Connection::adopt`]); connections that the older configuration's filter chain still
+//! creates get the current configuration too.
+//!
+//! A configuration delivered again (a rollback) while connections created under it are open
+//! reuses its root context on the worker threads without calling it at all: proxy-wasm keeps a
+//! plugin while anything holds it. But every delivered configuration is configured somewhere in
+//! Envoy's process (its canary VM, the main thread's VM), so the process records the newest one
+//! per plugin in shared data ([`policy_record`]); on every tick each root context checks it, and
+//! the one holding the recorded configuration becomes its plugin's current root context.
 
 mod host;
 mod metrics;
+mod policy_record;
 mod shared_jwks;
 
 use std::cell::RefCell;
@@ -32,22 +46,94 @@ const JWKS_RETRY: Duration = Duration::from_secs(2);
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        Box::new(Root {
+            context_id,
+            plugin: Rc::new(Plugin { name: String::new(), root_id: String::new() }),
+            gate: None,
+            fetches: BTreeMap::new(),
+            applied_jwks: BTreeMap::new(),
+        })
+    });
 }}
 
-thread_local! {
-    /// Connections of this VM by context id, for the root context's tick.
-    static CONNECTIONS: RefCell<BTreeMap<u32, Weak<RefCell<Connection>>>> = const { RefCell::new(BTreeMap::new()) };
-    /// Connections to close once the callback that wrote their last bytes returned.
-    static PENDING_CLOSES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+/// A plugin as Envoy names it: the filter configuration's `name` and `root_id` (in Istio, one
+/// `WasmPlugin`). A VM may hold root contexts of several plugins (Istio gives every WasmPlugin
+/// the same VM); a newer configuration only takes over connections of its own plugin.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Plugin {
+    name: String,
+    root_id: String,
 }
 
-#[derive(Default)]
+impl Plugin {
+    /// The plugin of the root context running the current callback.
+    fn of_current_root() -> Plugin {
+        let property = |name: &str| {
+            proxy_wasm::hostcalls::get_property(vec![name])
+                .ok()
+                .flatten()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .unwrap_or_default()
+        };
+        Plugin {
+            name: property("plugin_name"),
+            root_id: property("plugin_root_id"),
+        }
+    }
+}
+
+/// The root context whose configuration decides a plugin's connections in this VM.
+struct Current {
+    root: u32,
+    gate: Rc<Gate>,
+}
+
+struct Tracked {
+    plugin: Rc<Plugin>,
+    connection: Weak<RefCell<Connection>>,
+}
+
+thread_local! {
+    /// Connections of this VM by context id, for the root contexts' ticks and for a newer
+    /// configuration of their plugin.
+    static CONNECTIONS: RefCell<BTreeMap<u32, Tracked>> = const { RefCell::new(BTreeMap::new()) };
+    /// Connections to close once the callback that wrote their last bytes returned.
+    static PENDING_CLOSES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static CURRENT: RefCell<BTreeMap<Plugin, Current>> = const { RefCell::new(BTreeMap::new()) };
+}
+
+fn current_gate(plugin: &Plugin) -> Option<Rc<Gate>> {
+    CURRENT.with(|current| {
+        current
+            .borrow()
+            .get(plugin)
+            .map(|current| Rc::clone(&current.gate))
+    })
+}
+
+/// The open connections of `plugin` in this VM.
+fn connections_of(plugin: &Plugin) -> Vec<(u32, Rc<RefCell<Connection>>)> {
+    CONNECTIONS.with(|connections| {
+        let mut connections = connections.borrow_mut();
+        connections.retain(|_, tracked| tracked.connection.strong_count() > 0);
+        connections
+            .iter()
+            .filter(|(_, tracked)| *tracked.plugin == *plugin)
+            .filter_map(|(id, tracked)| Some((*id, tracked.connection.upgrade()?)))
+            .collect()
+    })
+}
+
 struct Root {
+    context_id: u32,
+    plugin: Rc<Plugin>,
+    /// This root context's configuration, once accepted. Kept while the root context lives:
+    /// Envoy may make it current again without calling it (see the module's documentation).
     gate: Option<Rc<Gate>>,
     /// In-flight JWKS fetches: call token → provider name.
     fetches: BTreeMap<u32, String>,
-    /// Version of each provider's shared JWKS document this VM applied.
+    /// Version of each provider's shared JWKS document this root context applied.
     applied_jwks: BTreeMap<String, u32>,
 }
 
@@ -97,6 +183,69 @@ impl Root {
         })
     }
 
+    /// Whether this root context's configuration decides its plugin's connections in this VM.
+    fn is_current(&self) -> bool {
+        CURRENT.with(|current| {
+            current
+                .borrow()
+                .get(&*self.plugin)
+                .is_some_and(|current| current.root == self.context_id)
+        })
+    }
+
+    /// This root context's configuration decides its plugin's connections from now on: it takes
+    /// over the open ones.
+    fn become_current(&mut self) {
+        let Some(gate) = self.gate.clone() else {
+            return;
+        };
+        CURRENT.with(|current| {
+            current.borrow_mut().insert(
+                (*self.plugin).clone(),
+                Current {
+                    root: self.context_id,
+                    gate: Rc::clone(&gate),
+                },
+            )
+        });
+        // The token of an open connection is verified again with keys fetched under the
+        // earlier configuration, when their source did not change.
+        self.adopt_shared_jwks();
+        let adopted = self.take_over_connections(&gate);
+        log(
+            LogLevel::Info,
+            &format!(
+                "natsguard: configuration {} applied to {adopted} open connections",
+                gate.policy.version()
+            ),
+        );
+    }
+
+    fn holds_recorded_configuration(&self) -> bool {
+        let recorded = policy_record::recorded(&self.plugin.name, &self.plugin.root_id);
+        match (&self.gate, recorded) {
+            (Some(gate), Some(recorded)) => gate.policy.version() == recorded,
+            _ => false,
+        }
+    }
+
+    /// Whether the configuration Envoy applies to the plugin (the one configured last in the
+    /// process) is another than the current root context's here.
+    fn current_is_outdated(&self) -> bool {
+        let Some(recorded) = policy_record::recorded(&self.plugin.name, &self.plugin.root_id)
+        else {
+            return false;
+        };
+        let current = current_gate(&self.plugin);
+        current.is_none_or(|gate| gate.policy.version() != recorded)
+    }
+
+    /// Makes the following host calls this root context's again (after calls made on behalf of
+    /// connections): an HTTP call is owned by the effective context's root.
+    fn act_as_root(&self) {
+        let _ = proxy_wasm::hostcalls::set_effective_context(self.context_id);
+    }
+
     fn fetch_due_jwks(&mut self) {
         let Some(gate) = &self.gate else { return };
         let now = now();
@@ -109,13 +258,13 @@ impl Root {
                 .remote_jwks_due(now_secs)
                 .into_iter()
                 .filter(|provider| !self.fetches.values().any(|p| p == provider))
-                .filter(|provider| {
-                    shared_jwks::take_lease(provider, now, JWKS_FETCH_TIMEOUT + TICK)
-                })
                 .filter_map(|provider| {
                     sources
                         .get(provider)
                         .map(|source| (provider.to_string(), (*source).clone()))
+                })
+                .filter(|(provider, source)| {
+                    shared_jwks::take_lease(provider, source, now, JWKS_FETCH_TIMEOUT + TICK)
                 })
                 .collect()
         };
@@ -137,26 +286,28 @@ impl Root {
                 }
                 Err(status) => {
                     metrics::count("jwks_refresh_failed");
-                    shared_jwks::back_off(&provider, now, JWKS_RETRY);
+                    shared_jwks::back_off(&provider, &source, now, JWKS_RETRY);
                     log(LogLevel::Warn, &format!("natsguard: JWKS fetch for provider {provider} from cluster {} not dispatched: {status:?}", source.cluster));
                 }
             }
         }
     }
 
-    /// Applies JWKS documents another VM fetched.
+    /// Applies JWKS documents any VM fetched (under this or an earlier configuration) from the
+    /// same source.
     fn adopt_shared_jwks(&mut self) {
         let Some(gate) = &self.gate else { return };
-        let providers: Vec<String> = gate
+        let sources: Vec<(String, RemoteJwksConfig)> = gate
             .authenticator
             .borrow()
             .remote_jwks_sources()
             .into_iter()
-            .map(|(provider, _)| provider.to_string())
+            .map(|(provider, source)| (provider.to_string(), source.clone()))
             .collect();
-        for provider in providers {
+        for (provider, source) in sources {
             let seen = self.applied_jwks.get(&provider).copied();
-            let Some((document, version)) = shared_jwks::newer_than(&provider, seen) else {
+            let Some((document, version)) = shared_jwks::newer_than(&provider, &source, seen)
+            else {
                 continue;
             };
             self.applied_jwks.insert(provider.clone(), version);
@@ -170,23 +321,16 @@ impl Root {
         }
     }
 
-    /// Deferred closes, and retries of connections waiting for keys; on a tick also expiries.
+    /// Deferred closes, and retries of this plugin's connections waiting for keys; on a tick
+    /// also expiries and tokens still to verify under a newer configuration.
     fn service_connections(&self, tick: bool) {
         for id in PENDING_CLOSES.with(|closes| std::mem::take(&mut *closes.borrow_mut())) {
             if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
                 let _ = host::close_connection();
             }
         }
-        let live: Vec<(u32, Rc<RefCell<Connection>>)> = CONNECTIONS.with(|connections| {
-            let mut connections = connections.borrow_mut();
-            connections.retain(|_, weak| weak.strong_count() > 0);
-            connections
-                .iter()
-                .filter_map(|(id, weak)| Some((*id, weak.upgrade()?)))
-                .collect()
-        });
         let now = now();
-        for (id, connection) in live {
+        for (id, connection) in connections_of(&self.plugin) {
             let mut connection = connection.borrow_mut();
             if connection.is_awaiting_keys() {
                 if let Some(verdict) = connection.resume(now) {
@@ -205,6 +349,29 @@ impl Root {
             }
             publish(&mut connection);
         }
+        self.act_as_root();
+    }
+
+    /// A newer configuration was accepted: the plugin's open connections are decided by it
+    /// from now on (the engine re-evaluates each; what it must tell the client and the server
+    /// goes with their next bytes).
+    fn take_over_connections(&self, gate: &Rc<Gate>) -> usize {
+        let now = now();
+        let mut adopted = 0;
+        for (id, connection) in connections_of(&self.plugin) {
+            let mut connection = connection.borrow_mut();
+            if connection.is_decided_by(gate) {
+                continue;
+            }
+            connection.adopt(Rc::clone(gate), now);
+            adopted += 1;
+            if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
+                record_policy_version(&connection);
+            }
+            publish(&mut connection);
+        }
+        self.act_as_root();
+        adopted
     }
 }
 
@@ -246,17 +413,27 @@ impl Context for Root {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        let result = if status == "200" {
-            gate.authenticator
+        let source = gate
+            .authenticator
+            .borrow()
+            .remote_jwks_sources()
+            .into_iter()
+            .find(|(name, _)| *name == provider)
+            .map(|(_, source)| source.clone());
+        let result = match (status.as_str(), &source) {
+            ("200", Some(_)) => gate
+                .authenticator
                 .borrow_mut()
                 .update_remote_jwks(&provider, &body, now().as_secs())
-                .map_err(|e| e.to_string())
-        } else {
-            Err(format!("HTTP status {status}"))
+                .map_err(|e| e.to_string()),
+            ("200", None) => Err("the provider is no longer configured".to_string()),
+            _ => Err(format!("HTTP status {status}")),
         };
-        match result {
-            Ok(()) => {
-                if let Some(version) = shared_jwks::publish(&provider, &body) {
+        match (result, source) {
+            (Ok(()), Some(source)) => {
+                // A superseded root context's fetch still serves the newest configuration: it
+                // adopts the document from shared data.
+                if let Some(version) = shared_jwks::publish(&provider, &source, &body) {
                     self.applied_jwks.insert(provider.clone(), version);
                 }
                 metrics::count("jwks_refresh_ok");
@@ -264,13 +441,18 @@ impl Context for Root {
                     LogLevel::Info,
                     &format!("natsguard: JWKS of provider {provider} refreshed"),
                 );
-                self.service_connections(false);
+                if self.is_current() {
+                    self.service_connections(false);
+                }
             }
-            Err(reason) => {
-                shared_jwks::back_off(&provider, now(), JWKS_RETRY);
+            (Err(reason), source) => {
+                if let Some(source) = &source {
+                    shared_jwks::back_off(&provider, source, now(), JWKS_RETRY);
+                }
                 metrics::count("jwks_refresh_failed");
                 log(LogLevel::Warn, &format!("natsguard: JWKS refresh of provider {provider} failed ({reason}); keeping the last good keys"));
             }
+            (Ok(()), None) => {}
         }
     }
 }
@@ -278,24 +460,54 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let configuration = self.get_plugin_configuration().unwrap_or_default();
-        match self.load(&configuration) {
-            Ok(gate) => {
-                self.gate = Some(Rc::new(gate));
-                self.set_tick_period(TICK);
-                true
-            }
+        let gate = match self.load(&configuration) {
+            Ok(gate) => Rc::new(gate),
             Err(reason) => {
-                // Returning false fails the plugin: Envoy refuses traffic on the listener.
+                // Returning false rejects the configuration: Envoy refuses traffic on the
+                // listener at start, and keeps the last good configuration on an update.
                 log(
                     LogLevel::Critical,
-                    &format!("natsguard: configuration rejected, refusing to start: {reason}"),
+                    &format!("natsguard: configuration rejected: {reason}"),
                 );
-                false
+                return false;
             }
+        };
+        self.plugin = Rc::new(Plugin::of_current_root());
+        if policy_record::record(
+            &self.plugin.name,
+            &self.plugin.root_id,
+            gate.policy.version(),
+        ) {
+            metrics::count("policy_updates");
         }
+        let first = current_gate(&self.plugin).is_none();
+        self.gate = Some(gate);
+        self.set_tick_period(TICK);
+        if first {
+            CURRENT.with(|current| {
+                current.borrow_mut().insert(
+                    (*self.plugin).clone(),
+                    Current {
+                        root: self.context_id,
+                        gate: self.gate.clone().expect("just set"),
+                    },
+                )
+            });
+            self.adopt_shared_jwks();
+        } else {
+            self.become_current();
+        }
+        true
     }
 
     fn on_tick(&mut self) {
+        if self.current_is_outdated() && self.holds_recorded_configuration() {
+            // Envoy went back to this root context's configuration without telling it.
+            self.become_current();
+        }
+        if !self.is_current() {
+            return;
+        }
         self.adopt_shared_jwks();
         self.service_connections(true);
         self.fetch_due_jwks();
@@ -306,18 +518,40 @@ impl RootContext for Root {
     }
 
     fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
-        let gate = Rc::clone(self.gate.as_ref()?);
+        // The older configuration's filter chain may still create connections for a moment
+        // after a newer one was accepted: they start under the current one.
+        let gate = current_gate(&self.plugin).or_else(|| self.gate.clone())?;
         let connection = Rc::new(RefCell::new(Connection::new(gate)));
         CONNECTIONS.with(|connections| {
-            connections
-                .borrow_mut()
-                .insert(context_id, Rc::downgrade(&connection))
+            connections.borrow_mut().insert(
+                context_id,
+                Tracked {
+                    plugin: Rc::clone(&self.plugin),
+                    connection: Rc::downgrade(&connection),
+                },
+            )
         });
         Some(Box::new(Stream {
             id: context_id,
             connection,
             identity_read: false,
         }))
+    }
+}
+
+impl Drop for Root {
+    fn drop(&mut self) {
+        // Envoy ends a root context when nothing holds its plugin any more; another one takes
+        // over on its next tick.
+        CURRENT.with(|current| {
+            let mut current = current.borrow_mut();
+            if current
+                .get(&*self.plugin)
+                .is_some_and(|current| current.root == self.context_id)
+            {
+                current.remove(&*self.plugin);
+            }
+        });
     }
 }
 
@@ -422,6 +656,14 @@ fn record(event: &AuditEvent, connection: &Connection) {
                 Some(principal.as_bytes()),
             );
             let _ = proxy_wasm::hostcalls::set_property(vec!["natsguard_decision"], Some(b"allow"));
+            record_policy_version(connection);
+        }
+        EventKind::ConnectionRevoked => {
+            let decision = format!("revoked:{}", event.reason);
+            let _ = proxy_wasm::hostcalls::set_property(
+                vec!["natsguard_decision"],
+                Some(decision.as_bytes()),
+            );
         }
         EventKind::AuthFailure | EventKind::Refused => {
             metrics::count_reason("connections_denied", event.reason);
@@ -436,6 +678,15 @@ fn record(event: &AuditEvent, connection: &Connection) {
         }
         EventKind::ProtocolError => metrics::count_reason("protocol_errors", event.reason),
         EventKind::Expired => metrics::count_reason("connections_closed", event.reason),
-        EventKind::Deny | EventKind::ConnectionEnd => {}
+        EventKind::Deny | EventKind::SubscriptionRevoked | EventKind::ConnectionEnd => {}
     }
+}
+
+/// The version of the configuration deciding the connection, in Envoy's filter state
+/// (`%FILTER_STATE(wasm.natsguard_policy_version:PLAIN)%`); the stream must be effective.
+fn record_policy_version(connection: &Connection) {
+    let _ = proxy_wasm::hostcalls::set_property(
+        vec!["natsguard_policy_version"],
+        Some(connection.policy_version().as_bytes()),
+    );
 }

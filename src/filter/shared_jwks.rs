@@ -2,22 +2,32 @@
 //! the main thread's): a fetched document is published in proxy-wasm shared data, every VM picks
 //! it up on its tick, and a lease in shared data decides which VM fetches. Keys are prefixed:
 //! Istio gives every WasmPlugin the same (empty) VM id, hence the same shared-data namespace.
+//! They name the provider and its source (cluster, authority, path), so a configuration that
+//! points a provider elsewhere never adopts the keys fetched from the old place.
 
 use std::time::Duration;
 
 use proxy_wasm::hostcalls::{get_shared_data, set_shared_data};
 
-fn document_key(provider: &str) -> String {
-    format!("natsguard.jwks.{provider}.document")
-}
+use crate::identity::RemoteJwksConfig;
+use crate::policy::policy_version;
 
-fn lease_key(provider: &str) -> String {
-    format!("natsguard.jwks.{provider}.lease")
+fn key(provider: &str, source: &RemoteJwksConfig, what: &str) -> String {
+    let source = policy_version(&format!(
+        "{}\n{}\n{}",
+        source.cluster, source.authority, source.path
+    ));
+    format!("natsguard.jwks.{provider}.{source}.{what}")
 }
 
 /// Takes the right to fetch `provider`'s JWKS for `hold`, unless another VM holds a live lease.
-pub fn take_lease(provider: &str, now: Duration, hold: Duration) -> bool {
-    let key = lease_key(provider);
+pub fn take_lease(
+    provider: &str,
+    source: &RemoteJwksConfig,
+    now: Duration,
+    hold: Duration,
+) -> bool {
+    let key = key(provider, source, "lease");
     let Ok((held_until, cas)) = get_shared_data(&key) else {
         return false;
     };
@@ -32,21 +42,29 @@ pub fn take_lease(provider: &str, now: Duration, hold: Duration) -> bool {
 }
 
 /// After a failed fetch: no VM fetches `provider` again before `now + backoff`.
-pub fn back_off(provider: &str, now: Duration, backoff: Duration) {
+pub fn back_off(provider: &str, source: &RemoteJwksConfig, now: Duration, backoff: Duration) {
     let until = (now + backoff).as_millis().to_string();
-    let _ = set_shared_data(&lease_key(provider), Some(until.as_bytes()), None);
+    let _ = set_shared_data(
+        &key(provider, source, "lease"),
+        Some(until.as_bytes()),
+        None,
+    );
 }
 
 /// Publishes a good JWKS document for the other VMs; returns its version.
-pub fn publish(provider: &str, document: &[u8]) -> Option<u32> {
-    let key = document_key(provider);
+pub fn publish(provider: &str, source: &RemoteJwksConfig, document: &[u8]) -> Option<u32> {
+    let key = key(provider, source, "document");
     set_shared_data(&key, Some(document), None).ok()?;
     get_shared_data(&key).ok()?.1
 }
 
 /// The shared document of `provider` if its version differs from `seen`.
-pub fn newer_than(provider: &str, seen: Option<u32>) -> Option<(Vec<u8>, u32)> {
-    match get_shared_data(&document_key(provider)) {
+pub fn newer_than(
+    provider: &str,
+    source: &RemoteJwksConfig,
+    seen: Option<u32>,
+) -> Option<(Vec<u8>, u32)> {
+    match get_shared_data(&key(provider, source, "document")) {
         Ok((Some(document), Some(version))) if Some(version) != seen => Some((document, version)),
         _ => None,
     }

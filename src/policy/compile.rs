@@ -125,6 +125,21 @@ pub struct Policy {
     unrestricted: Arc<EffectivePermissions>,
     /// Compiled permission sets of template-free rule combinations, shared by connections.
     shared: Mutex<BTreeMap<Vec<usize>, Arc<EffectivePermissions>>>,
+    version: String,
+}
+
+/// Hex digits of the configuration's SHA-256 that name a policy version.
+const VERSION_DIGITS: usize = 12;
+
+/// The version of a configuration text: the first hex digits of its SHA-256, so a log line, an
+/// audit line and `natsguard check` name the same configuration the same way.
+pub fn policy_version(json: &str) -> String {
+    hmac_sha256::Hash::hash(json.as_bytes())
+        .iter()
+        .flat_map(|byte| [byte >> 4, byte & 0xf])
+        .take(VERSION_DIGITS)
+        .map(|nibble| char::from_digit(u32::from(nibble), 16).unwrap_or('0'))
+        .collect()
 }
 
 /// A compiled policy and the warnings the filter should log.
@@ -139,11 +154,11 @@ pub struct LoadedPolicy {
 impl Policy {
     /// Parses, validates and compiles a JSON configuration.
     pub fn from_json(json: &str) -> Result<LoadedPolicy, ConfigError> {
-        Policy::compile(Config::from_json(json)?)
+        Policy::compile(Config::from_json(json)?, policy_version(json))
     }
 
     /// Validates and compiles a parsed configuration; any problem rejects it as a whole.
-    pub fn compile(config: Config) -> Result<LoadedPolicy, ConfigError> {
+    fn compile(config: Config, version: String) -> Result<LoadedPolicy, ConfigError> {
         // Building the authenticator validates the identity block and compiles its static JWKS,
         // so an unusable key set rejects the configuration too.
         crate::identity::Authenticator::new(&config.identity).map_err(|issue| {
@@ -247,6 +262,7 @@ impl Policy {
             strip_connect_urls: config.strip_connect_urls,
             unrestricted,
             shared: Mutex::new(BTreeMap::new()),
+            version,
         };
         Ok(LoadedPolicy { policy, warnings })
     }
@@ -352,6 +368,11 @@ impl Policy {
     /// `strip_connect_urls`.
     pub fn strip_connect_urls(&self) -> bool {
         self.strip_connect_urls
+    }
+
+    /// The configuration's version (see [`policy_version`]).
+    pub fn version(&self) -> &str {
+        &self.version
     }
 
     /// Names of the configured rules, in order.

@@ -19,7 +19,9 @@ mod subject;
 mod template;
 mod trie;
 
-pub use compile::{LoadedPolicy, NoMatchingRule, Policy, TrustedProxySeed, UpstreamCredentials};
+pub use compile::{
+    policy_version, LoadedPolicy, NoMatchingRule, Policy, TrustedProxySeed, UpstreamCredentials,
+};
 pub use config::{
     AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig,
     PermissionForm, PermissionsConfig, RuleConfig, SubjectPermissionConfig, TrustedProxyConfig,

@@ -164,6 +164,20 @@ pub fn subscription_violation(subject: &[u8], queue: Option<&[u8]>) -> Vec<u8> {
     err_line(&text)
 }
 
+/// What nats-server sends for each subscription a configuration reload no longer allows
+/// (server/client.go, processSubsOnConfigReload):
+/// `-ERR 'Permissions Violation for Subscription to "<subject>"[ using queue "<queue>"] (sid "<sid>")'\r\n`
+pub fn reload_subscription_violation(subject: &[u8], queue: Option<&[u8]>, sid: &[u8]) -> Vec<u8> {
+    let mut line = subscription_violation(subject, queue);
+    // Before the closing `'\r\n`.
+    let tail = line.split_off(line.len() - 3);
+    line.extend_from_slice(b" (sid ");
+    go_quote(sid, &mut line);
+    line.push(b')');
+    line.extend_from_slice(&tail);
+    line
+}
+
 /// `-ERR '<text>'\r\n`: nats-server wraps every error text in single quotes.
 pub fn err_line(text: &[u8]) -> Vec<u8> {
     let mut line = Vec::with_capacity(text.len() + 9);
@@ -307,6 +321,15 @@ mod tests {
         assert_eq!(
             publish_violation(b"foo\x0cbar"),
             b"-ERR 'Permissions Violation for Publish to \"foo\\fbar\"'\r\n"
+        );
+        // The reload wording, verified against nats-server 2.15.1 (shared reference, §I3).
+        assert_eq!(
+            reload_subscription_violation(b"b.>", None, b"2"),
+            b"-ERR 'Permissions Violation for Subscription to \"b.>\" (sid \"2\")'\r\n"
+        );
+        assert_eq!(
+            reload_subscription_violation(b"w.*", Some(b"workers"), b"3"),
+            b"-ERR 'Permissions Violation for Subscription to \"w.*\" using queue \"workers\" (sid \"3\")'\r\n"
         );
     }
 

@@ -191,6 +191,11 @@ impl<D: Direction> Parser<D> {
         self.limits.max_payload = max_payload;
     }
 
+    /// Applies a new `max_connect_line` (a new configuration) to the following control lines.
+    pub fn set_max_connect_line(&mut self, max_connect_line: usize) {
+        self.limits.max_connect_line = max_connect_line;
+    }
+
     /// Bytes of an unfinished control line held until its end arrives (bounded by the
     /// limits: about `max(max_control_line, max_connect_line)` plus a few dozen bytes).
     pub fn held_bytes(&self) -> usize {
@@ -278,6 +283,12 @@ impl<'c, D: Direction> Items<'_, 'c, D> {
 }
 
 impl<D: Direction> Items<'_, '_, D> {
+    /// Whether everything taken so far ends between ops (see [`Parser::at_op_boundary`]): bytes
+    /// inserted here cannot split a frame.
+    pub fn at_op_boundary(&self) -> bool {
+        self.parser.at_op_boundary()
+    }
+
     #[allow(clippy::should_implement_trait)] // a lending iterator cannot implement Iterator
     pub fn next(&mut self) -> Option<Item<D::Op<'_>>> {
         let parser = &mut *self.parser;

@@ -154,6 +154,29 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// nats-server's own configuration reload: the configuration file rewritten, then SIGHUP
+    /// (what `nats-server --signal reload` sends); returns once the server logged the reload.
+    pub fn reload(&self, config: &str) {
+        let reloaded = |log: &str| log.matches("Reloaded server configuration").count();
+        let before = reloaded(&self.log());
+        std::fs::write(self.dir.path().join("nats-server.conf"), config)
+            .expect("rewrite nats-server.conf");
+        let status = Command::new("kill")
+            .args(["-HUP", &self.process.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -HUP nats-server");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while reloaded(&self.log()) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not reload:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn log(&self) -> String {
         read_log(&self.dir.path().join("nats-server.log"))
     }
@@ -212,15 +235,45 @@ pub fn identities() -> Vec<Identity> {
         .collect()
 }
 
-/// nats-server behind one Envoy playing both sidecars, with natsguard and the given policy.
+/// nats-server behind one Envoy playing both sidecars, with natsguard and the given policy
+/// delivered by ECDS from a file of the mesh's own (see [`Mesh::update_policy`]).
 pub struct Mesh {
     pub nats: NatsServer,
     pub admin_port: u16,
     pub inbound_port: u16,
     identity_ports: BTreeMap<String, u16>,
     pub dir: tempfile::TempDir,
+    /// Envoy's worker threads (`--concurrency`).
+    pub workers: usize,
     envoy: Process,
 }
+
+/// How a mesh is started; the defaults are the tests' usual mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    /// Envoy's `--concurrency`.
+    pub workers: usize,
+    /// The `idp` cluster's endpoint (a JWKS server of the test).
+    pub idp_port: u16,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            workers: 1,
+            idp_port: IDP_PORT,
+        }
+    }
+}
+
+/// A policy update Envoy did not apply (natsguard refused the configuration).
+#[derive(Debug)]
+pub struct PolicyRejected(pub String);
+
+/// The ECDS file that delivers natsguard's configuration in the mesh harness.
+const ECDS_PATH_IN_MESH_YAML: &str = ".run/natsguard-ecds.json";
+/// Envoy's ECDS stats for the natsguard filter (`update_success`, `update_rejected`, ...).
+const ECDS_STATS: &str = "extension_config_discovery.network_filter.natsguard.";
 
 const ADMIN_PORT: u16 = 19901;
 const INBOUND_PORT: u16 = 14443;
@@ -239,16 +292,28 @@ impl Mesh {
 
     /// With the `idp` cluster pointing at `idp_port` (a JWKS server of the test).
     pub fn start_with(policy_json: &str, nats: NatsServer, idp_port: u16) -> Mesh {
-        Self::start_mesh(Some(policy_json), nats, idp_port)
+        Self::start_mesh(
+            Some(policy_json),
+            nats,
+            MeshOptions {
+                idp_port,
+                ..MeshOptions::default()
+            },
+        )
+    }
+
+    pub fn start_with_options(policy_json: &str, nats: NatsServer, options: MeshOptions) -> Mesh {
+        Self::start_mesh(Some(policy_json), nats, options)
     }
 
     /// The same mesh (same listeners, same mTLS hops) without the natsguard filter: the
     /// baseline of the benchmark.
     pub fn start_without_filter(nats: NatsServer) -> Mesh {
-        Self::start_mesh(None, nats, IDP_PORT)
+        Self::start_mesh(None, nats, MeshOptions::default())
     }
 
-    fn start_mesh(policy_json: Option<&str>, nats: NatsServer, idp_port: u16) -> Mesh {
+    fn start_mesh(policy_json: Option<&str>, nats: NatsServer, options: MeshOptions) -> Mesh {
+        let MeshOptions { workers, idp_port } = options;
         let dir = tempfile::tempdir().expect("tempdir");
         let identities = identities();
         let ports = free_ports(2 + identities.len());
@@ -265,7 +330,12 @@ impl Mesh {
             identity_ports.insert(identity.name.clone(), *port);
         }
 
-        let config = render_mesh_config(&port_map, &cert_dir(), &wasm_module(), policy_json);
+        let ecds = dir.path().join("natsguard-ecds.json");
+        if let Some(policy) = policy_json {
+            write_policy(&ecds, policy);
+        }
+        let filter = policy_json.map(|_| ecds.as_path());
+        let config = render_mesh_config(&port_map, &cert_dir(), filter);
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy.yaml");
         let log = dir.path().join("envoy.log");
@@ -276,7 +346,7 @@ impl Mesh {
             .args([
                 "--disable-hot-restart",
                 "--concurrency",
-                "1",
+                &workers.to_string(),
                 "--file-flush-interval-msec",
                 "20",
                 "--log-path",
@@ -312,10 +382,46 @@ impl Mesh {
             inbound_port,
             identity_ports,
             dir,
+            workers,
             envoy: Process {
                 child,
                 name: "envoy",
             },
+        }
+    }
+
+    /// Delivers a new natsguard configuration the way Istio does, by ECDS (a new version of the
+    /// file, renamed over it), and waits until Envoy applied it in every VM (each VM logs that
+    /// it took over its open connections) or refused it.
+    pub fn update_policy(&self, policy_json: &str) -> Result<(), PolicyRejected> {
+        let stat = |name: &str| {
+            self.stats()
+                .get(&format!("{ECDS_STATS}{name}"))
+                .copied()
+                .unwrap_or(0)
+        };
+        let (succeeded, rejected) = (stat("update_success"), stat("update_rejected"));
+        let applied = |log: &str| log.matches(&applied_line(policy_json)).count();
+        let applied_before = applied(&self.envoy_log());
+        write_policy(&self.dir.path().join("natsguard-ecds.json"), policy_json);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if stat("update_rejected") > rejected {
+                return Err(PolicyRejected(self.envoy_log()));
+            }
+            // Every worker VM, and the main thread's.
+            let vms = self.workers + 1;
+            if stat("update_success") > succeeded
+                && applied(&self.envoy_log()) >= applied_before + vms
+            {
+                return Ok(());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Envoy did not apply the policy update:\n{}",
+                self.envoy_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 
@@ -387,20 +493,32 @@ impl Mesh {
     }
 }
 
-/// `envoy/mesh.yaml` with every known port moved, certificate and module paths made absolute and
-/// natsguard's configuration replaced (or, without a policy, the natsguard filter removed): the
+/// The line each VM logs when a configuration took over its open connections.
+fn applied_line(policy_json: &str) -> String {
+    format!(
+        "natsguard: configuration {} applied to",
+        natsguard::policy::policy_version(policy_json)
+    )
+}
+
+/// Writes natsguard's ECDS file (the built module, the harness's filter settings) atomically.
+pub fn write_policy(ecds: &Path, policy_json: &str) {
+    let settings = natsguard::ecds::FilterSettings::natsguard(wasm_module().display().to_string());
+    let version = natsguard::policy::policy_version(policy_json);
+    let response = natsguard::ecds::discovery_response(&settings, policy_json, &version);
+    natsguard::ecds::write_atomically(ecds, response.to_string().as_bytes())
+        .expect("write the ECDS file");
+}
+
+/// `envoy/mesh.yaml` with every known port moved, certificate paths made absolute and
+/// natsguard's ECDS file moved to `ecds` (or, without one, the natsguard filter removed): the
 /// committed harness is what the tests run.
-pub fn render_mesh_config(
-    ports: &BTreeMap<u16, u16>,
-    certs: &Path,
-    wasm: &Path,
-    policy_json: Option<&str>,
-) -> String {
+pub fn render_mesh_config(ports: &BTreeMap<u16, u16>, certs: &Path, ecds: Option<&Path>) -> String {
     let text =
         std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
     let mut config: serde_yaml::Value =
         serde_yaml::from_str(&text).expect("envoy/mesh.yaml is YAML");
-    rewrite(&mut config, ports, certs, wasm, policy_json);
+    rewrite(&mut config, ports, certs, ecds);
     serde_yaml::to_string(&config).expect("serialise envoy config")
 }
 
@@ -408,14 +526,11 @@ fn rewrite(
     value: &mut serde_yaml::Value,
     ports: &BTreeMap<u16, u16>,
     certs: &Path,
-    wasm: &Path,
-    policy: Option<&str>,
+    ecds: Option<&Path>,
 ) {
     use serde_yaml::Value;
     match value {
         Value::Mapping(map) => {
-            let is_plugin_configuration = map.get("@type").and_then(Value::as_str)
-                == Some("type.googleapis.com/google.protobuf.StringValue");
             for (key, entry) in map.iter_mut() {
                 match (key.as_str(), &*entry) {
                     (Some("port_value"), Value::Number(n)) => {
@@ -423,29 +538,27 @@ fn rewrite(
                             *entry = Value::from(*new);
                         }
                     }
-                    (Some("value"), Value::String(_)) if is_plugin_configuration => {
-                        *entry = Value::from(policy.unwrap_or_default());
+                    (Some("path"), Value::String(path)) if path == ECDS_PATH_IN_MESH_YAML => {
+                        if let Some(ecds) = ecds {
+                            *entry = Value::from(ecds.display().to_string());
+                        }
                     }
                     (Some("filename"), Value::String(path)) => {
                         if let Some(name) = path.strip_prefix("envoy/certs/") {
                             *entry = Value::from(certs.join(name).display().to_string());
-                        } else if path.ends_with("natsguard.wasm") {
-                            *entry = Value::from(wasm.display().to_string());
                         }
                     }
-                    _ => rewrite(entry, ports, certs, wasm, policy),
+                    _ => rewrite(entry, ports, certs, ecds),
                 }
             }
         }
         Value::Sequence(items) => {
-            if policy.is_none() {
-                items.retain(|item| {
-                    item.get("name").and_then(Value::as_str) != Some("envoy.filters.network.wasm")
-                });
+            if ecds.is_none() {
+                items.retain(|item| item.get("name").and_then(Value::as_str) != Some("natsguard"));
             }
             items
                 .iter_mut()
-                .for_each(|item| rewrite(item, ports, certs, wasm, policy))
+                .for_each(|item| rewrite(item, ports, certs, ecds))
         }
         _ => {}
     }

@@ -472,3 +472,5 @@ fn the_end_of_a_connection_counts_everything_and_leaves_pending_counters_for_met
     let pending = connection.take_report().counters;
     assert_eq!((pending.publish_allowed, pending.publish_denied), (1, 1));
 }
+
+mod reload;
