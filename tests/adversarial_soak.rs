@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adversarial::{natsguard_counters, stress_seconds, Observer, Rng};
-use support::{http_get, Mesh};
+use support::Mesh;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -37,27 +37,6 @@ struct Tally {
     subscribe_denied: AtomicU64,
     refused: AtomicU64,
     cycles: AtomicU64,
-}
-
-/// Envoy's resident memory (kB).
-fn envoy_rss_kb(mesh: &Mesh) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", mesh.envoy_pid()))
-        .expect("envoy /proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-/// tcmalloc's allocated bytes (Envoy admin /memory).
-fn envoy_allocated(mesh: &Mesh) -> u64 {
-    let body = http_get(mesh.admin_port, "/memory").expect("GET /memory");
-    let memory: serde_json::Value = serde_json::from_str(&body).expect("JSON");
-    memory["allocated"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .expect("allocated")
 }
 
 async fn read_until(stream: &mut TcpStream, done: impl Fn(&[u8]) -> bool) -> (Vec<u8>, bool) {
@@ -198,7 +177,10 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
     let warmup_time = Duration::from_secs(2).max(duration / 10);
     soak('w', &mesh, connections, warmup_time, Arc::clone(&warmup)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_baseline, allocated_baseline) = (envoy_rss_kb(&mesh), envoy_allocated(&mesh));
+    let (rss_baseline, allocated_baseline) = (
+        mesh.envoy_rss_bytes().unwrap() / 1024,
+        mesh.envoy_heap_bytes().unwrap(),
+    );
 
     let tally = Arc::new(Tally::default());
     let started = Instant::now();
@@ -211,7 +193,10 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss_after, allocated_after) = (envoy_rss_kb(&mesh), envoy_allocated(&mesh));
+    let (rss_after, allocated_after) = (
+        mesh.envoy_rss_bytes().unwrap() / 1024,
+        mesh.envoy_heap_bytes().unwrap(),
+    );
 
     // No message lost: the observer saw every allowed publish exactly once.
     observer.sync();

@@ -1,7 +1,7 @@
 //! natsguard's Envoy stats: counters named `natsguard.<name>` (shown as
 //! `wasmcustom.natsguard.<name>` in `/stats`, `natsguard_<name>` in Prometheus).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
 use proxy_wasm::types::MetricType;
@@ -10,9 +10,15 @@ use crate::engine::Counters;
 
 thread_local! {
     static IDS: RefCell<BTreeMap<String, u32>> = const { RefCell::new(BTreeMap::new()) };
+    static REPORTED_MEMORY: Cell<u64> = const { Cell::new(0) };
 }
 
 fn add(name: &str, amount: u64) {
+    add_to(MetricType::Counter, name, amount);
+}
+
+/// Stats are process-wide: every VM that defines the same name adds to one stat.
+fn add_to(metric_type: MetricType, name: &str, amount: u64) {
     if amount == 0 {
         return;
     }
@@ -22,14 +28,26 @@ fn add(name: &str, amount: u64) {
             return Some(*id);
         }
         let id =
-            proxy_wasm::hostcalls::define_metric(MetricType::Counter, &format!("natsguard.{name}"))
-                .ok()?;
+            proxy_wasm::hostcalls::define_metric(metric_type, &format!("natsguard.{name}")).ok()?;
         ids.insert(name.to_string(), id);
         Some(id)
     });
     if let Some(id) = id {
         let _ = proxy_wasm::hostcalls::increment_metric(id, amount as i64);
     }
+}
+
+/// Gauge `natsguard.vm_memory_bytes`: the linear memory of natsguard's VMs, summed over them.
+/// Each VM adds what its own memory grew by since it last reported (Wasm memory only grows).
+pub fn report_vm_memory() {
+    const WASM_PAGE: u64 = 64 * 1024;
+    let bytes = core::arch::wasm32::memory_size(0) as u64 * WASM_PAGE;
+    let grown = REPORTED_MEMORY.with(|reported| {
+        let grown = bytes.saturating_sub(reported.get());
+        reported.set(reported.get().max(bytes));
+        grown
+    });
+    add_to(MetricType::Gauge, "vm_memory_bytes", grown);
 }
 
 pub fn count(name: &str) {

@@ -446,6 +446,28 @@ impl Mesh {
         read_log(&self.dir.path().join("envoy.log"))
     }
 
+    /// Envoy's resident memory (`/proc/<pid>/status` VmRSS).
+    pub fn envoy_rss_bytes(&self) -> Result<u64, String> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.envoy_pid()))
+            .map_err(|e| e.to_string())?;
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| "no VmRSS".to_string())
+    }
+
+    /// Envoy's heap in use (tcmalloc's `allocated` from the admin `/memory`).
+    pub fn envoy_heap_bytes(&self) -> Result<u64, String> {
+        let body = http_get(self.admin_port, "/memory").map_err(|e| e.to_string())?;
+        let memory: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+        memory["allocated"]
+            .as_str()
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| "no allocated in /memory".to_string())
+    }
+
     /// The inbound listener's TCP access log lines (Envoy's stdout).
     pub fn access_log(&self) -> String {
         read_log(&self.dir.path().join("envoy.stdout"))

@@ -362,27 +362,6 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
-fn rss_bytes(pid: u32) -> Result<u64> {
-    let status =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .ok_or_else(|| "no VmRSS".to_string())
-}
-
-/// Envoy's heap in use (tcmalloc's `allocated` from the admin `/memory`).
-fn envoy_heap(mesh: &Mesh) -> Result<u64> {
-    let body = support::http_get(mesh.admin_port, "/memory").map_err(|e| e.to_string())?;
-    let memory: Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    memory["allocated"]
-        .as_str()
-        .and_then(|n| n.parse().ok())
-        .ok_or_else(|| "no allocated in /memory".to_string())
-}
-
 struct Throughput {
     payload: usize,
     publishers: usize,
@@ -653,7 +632,6 @@ async fn idle_memory(setup: &Setup) -> Result<Option<IdleMemory>> {
     let Running::Mesh(mesh) = &setup.running else {
         return Ok(None);
     };
-    let pid = mesh.envoy_pid();
     let settle = Duration::from_millis(500);
     let open_idle = || async {
         let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
@@ -667,9 +645,9 @@ async fn idle_memory(setup: &Setup) -> Result<Option<IdleMemory>> {
     // many connections need; the measured round then shows what a connection keeps.
     drop(open_idle().await?);
     tokio::time::sleep(settle).await;
-    let (rss_before, heap_before) = (rss_bytes(pid)?, envoy_heap(mesh)?);
+    let (rss_before, heap_before) = (mesh.envoy_rss_bytes()?, mesh.envoy_heap_bytes()?);
     let idle = open_idle().await?;
-    let (rss_after, heap_after) = (rss_bytes(pid)?, envoy_heap(mesh)?);
+    let (rss_after, heap_after) = (mesh.envoy_rss_bytes()?, mesh.envoy_heap_bytes()?);
     drop(idle);
     tokio::time::sleep(settle).await;
     let per = |before: u64, after: u64| (after as f64 - before as f64) / IDLE_CONNECTIONS as f64;
