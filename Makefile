@@ -1,7 +1,11 @@
 # natsguard — the two commands: `make run` (the demo) and `make test` (everything CI runs).
 WASM := target/wasm32-wasip1/release/natsguard.wasm
 
-.PHONY: build venv certs run test stress bench oci clean
+.PHONY: build venv certs tools run test stress bench oci clean
+
+## ENVOY_RUNNER: who starts Envoy in `make run`: func-e (`func-e run`, installed when missing),
+## envoy (the venv's binary), or empty (default): func-e when it is installed, else the venv's Envoy
+ENVOY_RUNNER ?=
 
 ## build: the proxy-wasm module (toolchain detected: rustup wasm32-wasip1 target, or Debian's rustc-web)
 build:
@@ -15,12 +19,16 @@ venv:
 certs:
 	envoy/gen-certs.sh
 
+## tools: func-e and the nats CLI (pinned, go install) in ./.tools/bin
+tools:
+	scripts/ensure-tools.sh
+
 ## run: nats-server + Envoy with natsguard and the demo policy, until Ctrl-C
 run: build venv certs
-	scripts/run-demo.sh
+	ENVOY_RUNNER=$(ENVOY_RUNNER) scripts/run-demo.sh
 
 ## test: host unit/property/conformance tests and the real-Envoy integration tests
-test: build venv certs
+test: build venv certs tools
 	cargo test --locked --no-fail-fast
 
 ## stress: the adversarial tests' long forms (smuggling and delivery fuzz, JWT corruption fuzz, soak

@@ -1,57 +1,122 @@
 """The natsguard demo, seen from NATS clients (run while `make run` is up).
 
 An allowed publish, a denied publish with the -ERR nats-server would send, a refused identity,
-and natsguard's stats from Envoy's admin endpoint.
+and natsguard's stats from Envoy's admin endpoint. With nats-py by default; with `--nats-cli PATH`
+the same steps are commands of the nats CLI (`make tools` installs it as .tools/bin/nats), each
+printed before its output. The defaults are the ports of `make run`; the tests pass their own.
 """
+import argparse
 import asyncio
+import shlex
+import subprocess
+import time
 import urllib.request
 
 import nats
 
-PUBLISHER, SUBSCRIBER, VISITOR = "nats://127.0.0.1:14001", "nats://127.0.0.1:14002", "nats://127.0.0.1:14003"
+
+def arguments():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--publisher", default="nats://127.0.0.1:14001", help="billing/publisher's port")
+    parser.add_argument("--subscriber", default="nats://127.0.0.1:14002", help="billing/subscriber's port")
+    parser.add_argument("--visitor", default="nats://127.0.0.1:14003", help="guest/visitor's port")
+    parser.add_argument("--admin", default="http://127.0.0.1:19901", help="Envoy's admin endpoint")
+    parser.add_argument("--nats-cli", metavar="PATH", help="run the demo with this nats CLI instead of nats-py")
+    return parser.parse_args()
 
 
-async def main():
+# The demo's steps, the same with both clients.
+ALLOWED = "publisher (billing/publisher) publishes billing.invoice — allowed:"
+DENIED = "publisher publishes billing.admin.reset — denied by 'billing.admin.>':"
+REFUSED = "visitor (guest/visitor) connects — no rule matches its identity:"
+
+
+async def with_nats_py(args):
     async def show_error(error):
         print(f"  publisher's error callback: {error}")
 
-    subscriber = await nats.connect(SUBSCRIBER)
+    subscriber = await nats.connect(args.subscriber)
 
     async def delivered(msg):
         print(f"  subscriber received {msg.subject}: {msg.data.decode()}")
 
     await subscriber.subscribe("billing.>", cb=delivered)
     await subscriber.flush()
-    publisher = await nats.connect(PUBLISHER, error_cb=show_error)
+    publisher = await nats.connect(args.publisher, error_cb=show_error)
 
-    print("publisher (billing/publisher) publishes billing.invoice — allowed:")
+    print(ALLOWED)
     await publisher.publish("billing.invoice", b"invoice #42")
     await publisher.flush()
     await asyncio.sleep(0.3)
 
-    print("publisher publishes billing.admin.reset — denied by 'billing.admin.>':")
+    print(DENIED)
     await publisher.publish("billing.admin.reset", b"reset everything")
     await publisher.flush()
     await asyncio.sleep(0.3)
     print(f"  publisher still connected: {publisher.is_connected}")
 
-    print("visitor (guest/visitor) connects — no rule matches its identity:")
+    print(REFUSED)
+
     async def quiet(_error):
         pass
 
     try:
-        await nats.connect(VISITOR, error_cb=quiet, allow_reconnect=False, connect_timeout=3)
+        await nats.connect(args.visitor, error_cb=quiet, allow_reconnect=False, connect_timeout=3)
     except Exception as error:  # nats-py raises the server's -ERR text
         print(f"  refused: {error}")
 
     await publisher.close()
     await subscriber.close()
 
-    print("natsguard stats (curl -s 127.0.0.1:19901/stats | grep natsguard):")
-    stats = urllib.request.urlopen("http://127.0.0.1:19901/stats", timeout=5).read().decode()
+
+def with_nats_cli(args):
+    def command(server, *rest):
+        # --no-context: the user's saved nats contexts (credentials, TLS) do not apply to the demo.
+        return [args.nats_cli, "--no-context", "--server", server, *rest]
+
+    def show(argv):
+        print(f"  $ {shlex.join(argv)}")
+
+    def run(argv):
+        show(argv)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        for line in (done.stdout + done.stderr).splitlines():
+            print(f"    {line}")
+        print(f"    (exit status {done.returncode})")
+
+    subscribe = command(args.subscriber, "sub", "billing.>", "--count", "1")
+    show(subscribe)
+    subscriber = subprocess.Popen(subscribe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = subscriber.stdout.readline()
+        print(f"    {first.rstrip()}")
+        # `nats sub` says "Subscribing on" before its SUB has reached the server, and gives no
+        # other ready signal: leave the SUB time to cross the mesh.
+        time.sleep(1)
+        print(ALLOWED)
+        run(command(args.publisher, "pub", "billing.invoice", "invoice #42"))
+        rest, _ = subscriber.communicate(timeout=10)
+        for line in filter(None, rest.splitlines()):
+            print(f"    {line}")
+    finally:
+        subscriber.kill()
+    print(DENIED)
+    run(command(args.publisher, "pub", "billing.admin.reset", "reset everything"))
+    print(REFUSED)
+    run(command(args.visitor, "pub", "billing.invoice", "hello"))
+
+
+def main():
+    args = arguments()
+    if args.nats_cli:
+        with_nats_cli(args)
+    else:
+        asyncio.run(with_nats_py(args))
+    print(f"natsguard stats (curl -s {args.admin}/stats | grep natsguard):")
+    stats = urllib.request.urlopen(f"{args.admin}/stats", timeout=5).read().decode()
     for line in stats.splitlines():
         if "natsguard" in line:
             print(f"  {line}")
 
 
-asyncio.run(main())
+main()

@@ -1,0 +1,128 @@
+//! The local harness under func-e, as its users run it: `func-e run -c envoy/mesh.yaml` from the
+//! repository root, where .envoy-version selects the venv's Envoy from func-e's version layout
+//! (scripts/ensure-runtime.sh), with the demo policy of envoy/mesh.yaml; and the demo of
+//! scripts/demo-client.py through it, once with nats-py and once with the nats CLI.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::{bounded_command, repo_root, tool_binary, venv_binary, Mesh};
+
+/// natsguard's configuration in the committed envoy/mesh.yaml: the policy `make run` demonstrates.
+fn demo_policy() -> String {
+    let text =
+        std::fs::read_to_string(repo_root().join("envoy/mesh.yaml")).expect("envoy/mesh.yaml");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("envoy/mesh.yaml is YAML");
+    let inbound = config["static_resources"]["listeners"]
+        .as_sequence()
+        .and_then(|listeners| listeners.iter().find(|l| l["name"] == "inbound_nats"))
+        .expect("listener inbound_nats");
+    let wasm = inbound["filter_chains"][0]["filters"]
+        .as_sequence()
+        .and_then(|filters| {
+            filters
+                .iter()
+                .find(|f| f["name"] == "envoy.filters.network.wasm")
+        })
+        .expect("the natsguard filter");
+    wasm["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("natsguard's configuration")
+        .to_string()
+}
+
+/// scripts/demo-client.py against the mesh's ports, with `extra` arguments; its output.
+fn demo(mesh: &Mesh, extra: &[String]) -> String {
+    let output = bounded_command(venv_binary("python"), Duration::from_secs(60))
+        .arg(repo_root().join("scripts/demo-client.py"))
+        .args(["--publisher", &mesh.url_of("publisher")])
+        .args(["--subscriber", &mesh.url_of("subscriber")])
+        .args(["--visitor", &mesh.url_of("denied")])
+        .args(["--admin", &format!("http://127.0.0.1:{}", mesh.admin_port)])
+        .args(extra)
+        .output()
+        .expect("run scripts/demo-client.py");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "demo-client.py failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+fn assert_shows(output: &str, expected: &[&str]) {
+    for line in expected {
+        assert!(output.contains(line), "no {line:?} in:\n{output}");
+    }
+}
+
+/// The one run directory func-e made, once it holds the config dump func-e takes when Envoy's
+/// admin endpoint is ready.
+fn func_e_run_dir(mesh: &Mesh) -> PathBuf {
+    let runs = mesh.dir.path().join("func-e/state/envoy-runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dirs: Vec<PathBuf> = std::fs::read_dir(&runs)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        if let [dir] = &dirs[..] {
+            if dir.join("config_dump.json").is_file() {
+                return dir.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no func-e run directory with a config dump in {}: {dirs:?}",
+            runs.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn the_demo_works_through_the_mesh_harness_under_func_e() {
+    let mesh = Mesh::start_under_func_e(&demo_policy());
+    let run_dir = func_e_run_dir(&mesh);
+    let dump = std::fs::read_to_string(run_dir.join("config_dump.json")).expect("config dump");
+    assert!(
+        dump.contains("\"inbound_nats\"") && dump.contains("natsguard"),
+        "func-e's config dump is the mesh's"
+    );
+    let launcher = std::fs::read_link(format!("/proc/{}/exe", mesh.envoy_pid())).expect("exe");
+    assert_eq!(
+        launcher,
+        tool_binary("func-e").canonicalize().expect("func-e"),
+        "the mesh's Envoy process is func-e's"
+    );
+
+    let with_nats_py = demo(&mesh, &[]);
+    assert_shows(
+        &with_nats_py,
+        &[
+            "subscriber received billing.invoice: invoice #42",
+            "publisher's error callback: nats: permissions violation for publish to \"billing.admin.reset\"",
+            "publisher still connected: True",
+            "refused: nats: 'Authorization Violation'",
+            "wasmcustom.natsguard.publish_denied: 1",
+            "wasmcustom.natsguard.connections_denied.no_matching_rule: 1",
+        ],
+    );
+
+    let nats_cli = tool_binary("nats").display().to_string();
+    let with_nats_cli = demo(&mesh, &["--nats-cli".into(), nats_cli]);
+    assert_shows(
+        &with_nats_cli,
+        &[
+            "Published 11 bytes to \"billing.invoice\"",
+            "[#1] Received on \"billing.invoice\"",
+            "invoice #42",
+            "nats: error: nats: permissions violation: Permissions Violation for Publish to \"billing.admin.reset\"",
+            "nats: error: nats: Authorization Violation",
+            "wasmcustom.natsguard.publish_denied: 2",
+        ],
+    );
+}
