@@ -41,7 +41,8 @@ stress: build venv certs
 		--test adversarial_soak --test policy_conformance -- --nocapture
 
 ## bench: throughput, Envoy CPU per message, latency, CONNECT rate and idle memory of nats-server
-## direct, Envoy without and with natsguard, side by side; writes BENCHMARKS.md (not part of test).
+## direct, Envoy without and with natsguard, side by side, and `nats bench` (the nats CLI) on the
+## same setups; writes BENCHMARKS.md (not part of test).
 ## The load generator is its own package, benches/loadgen (built without LTO: a short cold build).
 ## A subset while optimising: scripts/bench.sh --payloads 128 --setups 2,3 --only throughput
 ## (written to target/bench-partial.md; scripts/bench.sh --help lists the options)
