@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{bounded_command, repo_root, venv_binary, Mesh, NatsServer};
+use support::{
+    bounded_command, repo_root, run_project_script, successful_output, venv_binary, Mesh,
+    NatsServer,
+};
 
 fn policy() -> String {
     json!({
@@ -159,12 +162,7 @@ async fn jetstream_publish_and_pull_consumer_with_acks_work_through_natsguard() 
 /// scripts/build-clients.sh on first use (a later run reuses the builds).
 fn client_build(path: &str) -> PathBuf {
     static BUILD: Once = Once::new();
-    BUILD.call_once(|| {
-        let status = Command::new(repo_root().join("scripts/build-clients.sh"))
-            .status()
-            .expect("run scripts/build-clients.sh");
-        assert!(status.success(), "scripts/build-clients.sh failed");
-    });
+    BUILD.call_once(|| run_project_script("scripts/build-clients.sh"));
     repo_root().join("target/clients").join(path)
 }
 
@@ -182,8 +180,9 @@ impl Client {
                 bounded_command(client_build("nats_go_session"), Duration::from_secs(90))
             }
             Client::Jnats => {
-                let classpath = std::fs::read_to_string(client_build("jnats_session/classpath.txt"))
-                    .expect("jnats classpath");
+                let classpath =
+                    std::fs::read_to_string(client_build("jnats_session/classpath.txt"))
+                        .expect("jnats classpath");
                 let mut java = bounded_command("java", Duration::from_secs(90));
                 java.arg("-cp")
                     .arg(format!(
@@ -195,18 +194,8 @@ impl Client {
                 java
             }
         };
-        let output = command
-            .args([publisher, subscriber, "billing.admin.reset"])
-            .output()
-            .unwrap_or_else(|e| panic!("run the {self:?} session: {e}"));
-        let transcript = String::from_utf8_lossy(&output.stdout).into_owned();
-        assert!(
-            output.status.success(),
-            "the {self:?} session failed ({}) after:\n{transcript}\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        transcript
+        command.args([publisher, subscriber, "billing.admin.reset"]);
+        successful_output(&mut command, &format!("the {self:?} session"))
     }
 }
 
@@ -229,7 +218,10 @@ const TRANSCRIPT: &[&str] = &[
 ];
 
 fn jetstream_config(store: &tempfile::TempDir) -> String {
-    format!("jetstream {{ store_dir: \"{}\" }}\n", store.path().display())
+    format!(
+        "jetstream {{ store_dir: \"{}\" }}\n",
+        store.path().display()
+    )
 }
 
 /// nats-server users with the permissions of the policy's rules: one per rule, named after it

@@ -8,7 +8,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::{bounded_command, repo_root, tool_binary, venv_binary, Mesh};
+use support::{bounded_command, repo_root, successful_output, tool_binary, venv_binary, Mesh};
 
 /// natsguard's configuration in the committed envoy/mesh.yaml: the policy `make run` demonstrates.
 fn demo_policy() -> String {
@@ -35,23 +35,14 @@ fn demo_policy() -> String {
 
 /// scripts/demo-client.py against the mesh's ports, with `extra` arguments; its output.
 fn demo(mesh: &Mesh, extra: &[String]) -> String {
-    let output = bounded_command(venv_binary("python"), Duration::from_secs(60))
-        .arg(repo_root().join("scripts/demo-client.py"))
+    let mut demo = bounded_command(venv_binary("python"), Duration::from_secs(60));
+    demo.arg(repo_root().join("scripts/demo-client.py"))
         .args(["--publisher", &mesh.url_of("publisher")])
         .args(["--subscriber", &mesh.url_of("subscriber")])
         .args(["--visitor", &mesh.url_of("denied")])
         .args(["--admin", &format!("http://127.0.0.1:{}", mesh.admin_port)])
-        .args(extra)
-        .output()
-        .expect("run scripts/demo-client.py");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "demo-client.py failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+        .args(extra);
+    successful_output(&mut demo, "scripts/demo-client.py")
 }
 
 fn assert_shows(output: &str, expected: &[&str]) {

@@ -642,13 +642,17 @@ impl Drop for JwksServer {
 /// The pinned Go tools (func-e, the nats CLI) of scripts/ensure-tools.sh, installed on first use.
 pub fn tool_binary(name: &str) -> PathBuf {
     static INSTALL: Once = Once::new();
-    INSTALL.call_once(|| {
-        let status = Command::new(repo_root().join("scripts/ensure-tools.sh"))
-            .status()
-            .expect("run scripts/ensure-tools.sh");
-        assert!(status.success(), "scripts/ensure-tools.sh failed");
-    });
+    INSTALL.call_once(|| run_project_script("scripts/ensure-tools.sh"));
     repo_root().join(".tools/bin").join(name)
+}
+
+/// Runs one of the project's install or build scripts (a path from the repository root); panics
+/// if it fails (its own output says why).
+pub fn run_project_script(script: &str) {
+    let status = Command::new(repo_root().join(script))
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed ({status})");
 }
 
 #[derive(Clone, Copy)]
@@ -694,7 +698,10 @@ fn envoy_command(mesh_dir: &Path) -> Command {
                 .env("FUNC_E_STATE_HOME", func_e_dir.join("state"))
                 .env("FUNC_E_RUNTIME_DIR", func_e_dir.join("runtime"))
                 // Offline: a version lookup or download would fail at once rather than go out.
-                .env("ENVOY_VERSIONS_URL", "http://127.0.0.1:9/envoy-versions.json")
+                .env(
+                    "ENVOY_VERSIONS_URL",
+                    "http://127.0.0.1:9/envoy-versions.json",
+                )
                 .env_remove("ENVOY_VERSION")
                 .env_remove("ENVOY_PATH");
             command
@@ -708,7 +715,22 @@ pub fn bounded_command(program: impl AsRef<std::ffi::OsStr>, limit: Duration) ->
     let mut command = Command::new("timeout");
     command
         .arg("--kill-after=5")
-        .arg(format!("{}", limit.as_secs()))
+        .arg(limit.as_secs().to_string())
         .arg(program);
     command
+}
+
+/// Runs a client program to its end; its standard output. Panics, with both outputs, if it fails.
+pub fn successful_output(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}) after:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }

@@ -628,7 +628,9 @@ fn nats_bench(setup: &Setup, payload: usize, test: NatsBenchTest) -> Result<Nats
                 &file("sub.csv"),
                 &file("sub.log"),
             )?;
-            let child = command.spawn().map_err(|e| format!("nats bench sub: {e}"))?;
+            let child = command
+                .spawn()
+                .map_err(|e| format!("nats bench sub: {e}"))?;
             let subscriber = Process {
                 child,
                 name: "nats bench sub",
@@ -903,7 +905,10 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
     };
     let mut nats_bench_results = Vec::new();
     if options.measures(Measurement::NatsBench) {
-        for payload in NATS_BENCH_PAYLOADS.into_iter().filter(|p| options.payloads.contains(p)) {
+        for payload in NATS_BENCH_PAYLOADS
+            .into_iter()
+            .filter(|p| options.payloads.contains(p))
+        {
             for test in NATS_BENCH_TESTS {
                 let runs = (0..ROUNDS)
                     .map(|_| tokio::task::block_in_place(|| nats_bench(setup, payload, test)))
@@ -1217,6 +1222,17 @@ fn ratio(value: f64, base: f64) -> String {
     }
 }
 
+/// A rate's "× row 1" and "× row 2" cells for the row at `index` (row 1 has no "× row 2").
+fn rate_ratios(
+    index: usize,
+    rate: f64,
+    direct: Option<f64>,
+    proxy: Option<f64>,
+) -> (String, String) {
+    let to = |base: Option<f64>| base.map_or("-".into(), |b| ratio(rate, b));
+    (to(direct), if index == 0 { "-".into() } else { to(proxy) })
+}
+
 fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
@@ -1413,17 +1429,17 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
                 };
                 let cpu = t.cpu_per_message_us();
                 let base_cpu = proxy.and_then(Throughput::cpu_per_message_us);
+                let (to_direct, to_proxy) = rate_ratios(
+                    index,
+                    t.per_second(),
+                    direct.map(Throughput::per_second),
+                    proxy.map(Throughput::per_second),
+                );
                 let _ = writeln!(
                     w,
-                    "| {payload} B | {publishers} | {name} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                    "| {payload} B | {publishers} | {name} | {:.0} | {:.1} | {to_direct} | {to_proxy} | {} | {} |",
                     t.per_second(),
                     t.megabytes_per_second(),
-                    direct.map_or("-".into(), |d| ratio(t.per_second(), d.per_second())),
-                    if index == 0 {
-                        "-".into()
-                    } else {
-                        proxy.map_or("-".into(), |p| ratio(t.per_second(), p.per_second()))
-                    },
                     cpu.map_or("-".into(), |c| format!("{c:.2}")),
                     cpu.zip(base_cpu).map_or("-".into(), |(c, b)| ratio(c, b))
                 );
@@ -1431,7 +1447,10 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
         }
     }
 
-    let _ = writeln!(w, "\n## nats bench (the nats CLI), beside the load generator\n");
+    let _ = writeln!(
+        w,
+        "\n## nats bench (the nats CLI), beside the load generator\n"
+    );
     let nats_bench_at = |index: usize, payload: usize, test: NatsBenchTest| {
         row(index).and_then(|r| {
             r.nats_bench
@@ -1459,18 +1478,18 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
                     NatsBenchTest::PubSub => throughput_at(index, payload, 1),
                     NatsBenchTest::Publish => None,
                 };
+                let (to_direct, to_proxy) = rate_ratios(
+                    index,
+                    b.per_second,
+                    direct.map(|d| d.per_second),
+                    proxy.map(|p| p.per_second),
+                );
                 let _ = writeln!(
                     w,
-                    "| {payload} B | {} | {name} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                    "| {payload} B | {} | {name} | {:.0} | {:.1} | {to_direct} | {to_proxy} | {} | {} |",
                     test.name(),
                     b.per_second,
                     b.per_second * payload as f64 / 1e6,
-                    direct.map_or("-".into(), |d| ratio(b.per_second, d.per_second)),
-                    if index == 0 {
-                        "-".into()
-                    } else {
-                        proxy.map_or("-".into(), |p| ratio(b.per_second, p.per_second))
-                    },
                     loadgen.map_or("-".into(), |l| format!("{:.0}", l.per_second())),
                     loadgen.map_or("-".into(), |l| ratio(b.per_second, l.per_second()))
                 );
