@@ -1,7 +1,7 @@
 # natsguard — the two commands: `make run` (the demo) and `make test` (everything CI runs).
 WASM := target/wasm32-wasip1/release/natsguard.wasm
 
-.PHONY: build venv certs tools run test stress bench oci clean
+.PHONY: build venv certs tools run test stress bench oci istio-analyze clean
 
 ## ENVOY_RUNNER: who starts Envoy in `make run`: func-e (`func-e run`, installed when missing),
 ## envoy (the venv's binary), or empty (default): func-e when it is installed, else the venv's Envoy
@@ -52,6 +52,11 @@ bench:
 ## oci: the module as an OCI image layout (Istio's Wasm "compat" format) in oci/natsguard
 oci: build
 	scripts/oci-image.sh
+
+## istio-analyze: `istioctl analyze --use-kube=false istio/*.yaml`, Istio's own analyzer offline
+## (istioctl built, pinned, into .tools/bin: minutes on a cold machine, so not part of test)
+istio-analyze:
+	scripts/istio-analyze.sh
 
 clean:
 	cargo clean
