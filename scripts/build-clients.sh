@@ -15,12 +15,13 @@ sources_hash() {
     find "tests/clients/$1" -type f | sort | xargs sha256sum | sha256sum | cut -d' ' -f1
 }
 
-# build <session> <command...>: runs the command unless the session's stamp matches its sources.
+# build <session> <output> <command...>: runs the command unless the output is there and the
+# session's stamp matches its sources.
 build() {
-    local session=$1 stamp=$out/$1.sha256 want
-    shift
+    local session=$1 output=$2 stamp=$out/$1.sha256 want
+    shift 2
     want=$(sources_hash "$session")
-    [[ -f $stamp && $(cat "$stamp") == "$want" ]] && return
+    [[ -e $output && -f $stamp && $(cat "$stamp") == "$want" ]] && return
     echo "build-clients: building $session"
     "$@"
     echo "$want" > "$stamp"
@@ -36,10 +37,11 @@ if ! command -v mvn >/dev/null || ! command -v javac >/dev/null; then
     fi
 fi
 
-build nats_go_session go -C tests/clients/nats_go_session build -o "$PWD/$out/nats_go_session" .
+build nats_go_session "$out/nats_go_session" \
+    go -C tests/clients/nats_go_session build -o "$PWD/$out/nats_go_session" .
 # Maven's console output goes to a log, shown when the build fails.
 maven_compile() {
     mvn --batch-mode -f tests/clients/jnats_session/pom.xml compile > "$out/jnats_session.log" 2>&1 \
         || { cat "$out/jnats_session.log" >&2; exit 1; }
 }
-build jnats_session maven_compile
+build jnats_session "$out/jnats_session/classpath.txt" maven_compile
