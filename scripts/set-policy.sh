@@ -5,9 +5,12 @@
 # new connections, natsguard to the open ones.
 #   scripts/set-policy.sh envoy/demo-policy-live.json     # while `make run` is up
 #   scripts/set-policy.sh envoy/demo-policy.json          # back to the demo policy
+# Further arguments go to `natsguard ecds` (e.g. another --out for a harness of the tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[[ $# -eq 1 ]] || { echo "usage: $0 <natsguard policy JSON>" >&2; exit 2; }
+[[ $# -ge 1 ]] || { echo "usage: $0 <natsguard policy JSON> [natsguard ecds options]" >&2; exit 2; }
 cargo build --quiet --locked --bin natsguard
+out=(--out .run/natsguard-ecds.json)
+[[ " $* " == *" --out "* ]] && out=()
 mkdir -p .run
-exec target/debug/natsguard ecds "$1" --out .run/natsguard-ecds.json
+exec target/debug/natsguard ecds "$@" "${out[@]}"

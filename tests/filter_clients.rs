@@ -1,14 +1,21 @@
 //! Real client libraries through natsguard: nats-py (Python) for core NATS and permission
-//! errors, async-nats (Rust) for JetStream publish and a pull consumer with acks.
+//! errors, async-nats (Rust) for JetStream publish and a pull consumer with acks, and nats.go (Go)
+//! and jnats (Java) in one scripted session each, run straight against nats-server users with the
+//! policy's permissions and through natsguard, with the same transcript.
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Once;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use support::{repo_root, venv_binary, Mesh, NatsServer};
+use support::{
+    bounded_command, repo_root, run_project_script, successful_output, venv_binary, Mesh,
+    NatsServer,
+};
 
 fn policy() -> String {
     json!({
@@ -149,4 +156,135 @@ async fn jetstream_publish_and_pull_consumer_with_acks_work_through_natsguard() 
         0,
         "every message acknowledged"
     );
+}
+
+/// The Go and Java sessions of tests/clients/, built into target/clients/ by
+/// scripts/build-clients.sh on first use (a later run reuses the builds).
+fn client_build(path: &str) -> PathBuf {
+    static BUILD: Once = Once::new();
+    BUILD.call_once(|| run_project_script("scripts/build-clients.sh"));
+    repo_root().join("target/clients").join(path)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Client {
+    NatsGo,
+    Jnats,
+}
+
+impl Client {
+    /// The session's transcript (its standard output) for the publisher and subscriber URLs.
+    fn session(self, publisher: &str, subscriber: &str) -> String {
+        let mut command = match self {
+            Client::NatsGo => {
+                bounded_command(client_build("nats_go_session"), Duration::from_secs(90))
+            }
+            Client::Jnats => {
+                let classpath =
+                    std::fs::read_to_string(client_build("jnats_session/classpath.txt"))
+                        .expect("jnats classpath");
+                let mut java = bounded_command("java", Duration::from_secs(90));
+                java.arg("-cp")
+                    .arg(format!(
+                        "{}:{}",
+                        client_build("jnats_session/classes").display(),
+                        classpath.trim()
+                    ))
+                    .arg("natsguard.JnatsSession");
+                java
+            }
+        };
+        command.args([publisher, subscriber, "billing.admin.reset"]);
+        successful_output(&mut command, &format!("the {self:?} session"))
+    }
+}
+
+/// What both sessions must see, in order; the async error's wording is the client's own.
+const TRANSCRIPT: &[&str] = &[
+    "request billing.rpc answered: pong:ping",
+    "publisher async error: *",
+    "publisher connected after the denial: true",
+    "received billing.events.created: one",
+    "received billing.events.headers: two [X-Trace=abc]",
+    "received billing.events.after: three",
+    "queue group workers received: job-1 job-2 job-3 job-4",
+    "jetstream stored billing.orders.0 in BILLING as 1",
+    "jetstream stored billing.orders.1 in BILLING as 2",
+    "jetstream stored billing.orders.2 in BILLING as 3",
+    "pull consumer fetched and acked billing.orders.0: order 0",
+    "pull consumer fetched and acked billing.orders.1: order 1",
+    "pull consumer fetched and acked billing.orders.2: order 2",
+    "consumer audit: 3 delivered, 0 awaiting an ack",
+];
+
+fn jetstream_config(store: &tempfile::TempDir) -> String {
+    format!(
+        "jetstream {{ store_dir: \"{}\" }}\n",
+        store.path().display()
+    )
+}
+
+/// nats-server users with the permissions of the policy's rules: one per rule, named after it
+/// (password: the name too). nats-server reads JSON as configuration.
+fn nats_server_users(policy: &Value) -> String {
+    let users: Vec<Value> = policy["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|rule| {
+            json!({ "user": rule["name"], "password": rule["name"], "permissions": rule["permissions"] })
+        })
+        .collect();
+    format!("authorization {{ users: {} }}\n", Value::from(users))
+}
+
+/// The session straight against nats-server users with the policy's permissions, then through
+/// natsguard with the policy (each on a fresh JetStream-enabled nats-server): the transcripts
+/// are the same, and the expected one.
+fn same_session_direct_and_through_natsguard(client: Client) {
+    let policy: Value = serde_json::from_str(&policy()).expect("policy JSON");
+    let direct_store = tempfile::tempdir().expect("tempdir");
+    let direct = NatsServer::start(Some(&format!(
+        "{}{}",
+        jetstream_config(&direct_store),
+        nats_server_users(&policy)
+    )));
+    let user_url = |user: &str| format!("nats://{user}:{user}@127.0.0.1:{}", direct.port);
+    let straight = client.session(&user_url("publisher"), &user_url("subscriber"));
+
+    let mesh_store = tempfile::tempdir().expect("tempdir");
+    let mesh = Mesh::start_with_server(
+        &policy.to_string(),
+        NatsServer::start(Some(&jetstream_config(&mesh_store))),
+    );
+    let through_natsguard = client.session(&mesh.url_of("publisher"), &mesh.url_of("subscriber"));
+
+    assert_eq!(
+        through_natsguard, straight,
+        "{client:?}: through natsguard (left) vs nats-server's own permissions (right)"
+    );
+    let lines: Vec<&str> = through_natsguard.lines().collect();
+    assert_eq!(lines.len(), TRANSCRIPT.len(), "{through_natsguard}");
+    for (line, expected) in lines.iter().zip(TRANSCRIPT) {
+        match expected.strip_suffix('*') {
+            Some(prefix) => assert!(
+                line.starts_with(prefix)
+                    && line
+                        .to_lowercase()
+                        .contains("permissions violation for publish to \"billing.admin.reset\""),
+                "{line}"
+            ),
+            None => assert_eq!(line, expected),
+        }
+    }
+}
+
+#[test]
+fn nats_go_sees_through_natsguard_what_it_sees_from_nats_server_permissions() {
+    same_session_direct_and_through_natsguard(Client::NatsGo);
+}
+
+#[test]
+fn jnats_sees_through_natsguard_what_it_sees_from_nats_server_permissions() {
+    same_session_direct_and_through_natsguard(Client::Jnats);
 }

@@ -330,6 +330,7 @@ impl Mesh {
             identity_ports.insert(identity.name.clone(), *port);
         }
 
+        // The same file as Mesh::ecds_file.
         let ecds = dir.path().join("natsguard-ecds.json");
         if let Some(policy) = policy_json {
             write_policy(&ecds, policy);
@@ -340,7 +341,7 @@ impl Mesh {
         std::fs::write(&config_path, config).expect("write envoy.yaml");
         let log = dir.path().join("envoy.log");
         let stdout = std::fs::File::create(dir.path().join("envoy.stdout")).expect("envoy.stdout");
-        let mut child = Command::new(venv_binary("envoy"))
+        let mut child = envoy_command(dir.path())
             .arg("-c")
             .arg(&config_path)
             .args([
@@ -390,6 +391,11 @@ impl Mesh {
         }
     }
 
+    /// The ECDS file the mesh's Envoy takes natsguard's configuration from.
+    pub fn ecds_file(&self) -> PathBuf {
+        self.dir.path().join("natsguard-ecds.json")
+    }
+
     /// Delivers a new natsguard configuration the way Istio does, by ECDS (a new version of the
     /// file, renamed over it), and waits until Envoy applied it in every VM (each VM logs that
     /// it took over its open connections) or refused it.
@@ -403,7 +409,7 @@ impl Mesh {
         let (succeeded, rejected) = (stat("update_success"), stat("update_rejected"));
         let applied = |log: &str| log.matches(&applied_line(policy_json)).count();
         let applied_before = applied(&self.envoy_log());
-        write_policy(&self.dir.path().join("natsguard-ecds.json"), policy_json);
+        write_policy(&self.ecds_file(), policy_json);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if stat("update_rejected") > rejected {
@@ -769,4 +775,103 @@ impl Drop for JwksServer {
             let _ = thread.join();
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Who starts the mesh's Envoy: the venv's binary, or func-e, the way the harness's users run it.
+
+/// The pinned Go tools (func-e, the nats CLI) of scripts/ensure-tools.sh, installed on first use.
+pub fn tool_binary(name: &str) -> PathBuf {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| run_project_script("scripts/ensure-tools.sh"));
+    repo_root().join(".tools/bin").join(name)
+}
+
+/// Runs one of the project's install or build scripts (a path from the repository root); panics
+/// if it fails (its own output says why).
+pub fn run_project_script(script: &str) {
+    let status = Command::new(repo_root().join(script))
+        .status()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    assert!(status.success(), "{script} failed ({status})");
+}
+
+#[derive(Clone, Copy)]
+enum EnvoyRunner {
+    Venv,
+    FuncE,
+}
+
+thread_local! {
+    // Per test thread: a func-e test does not change how the other tests of its binary start Envoy.
+    static ENVOY_RUNNER: std::cell::Cell<EnvoyRunner> = const { std::cell::Cell::new(EnvoyRunner::Venv) };
+}
+
+impl Mesh {
+    /// `Mesh::start` with Envoy run by `func-e run` from the repository root: .envoy-version picks
+    /// the venv's Envoy from func-e's version layout (scripts/ensure-runtime.sh), and func-e keeps
+    /// its run directory under `<mesh dir>/func-e/state/envoy-runs/`. `envoy_pid` is func-e's.
+    pub fn start_under_func_e(policy_json: &str) -> Mesh {
+        struct BackToVenv;
+        impl Drop for BackToVenv {
+            fn drop(&mut self) {
+                ENVOY_RUNNER.set(EnvoyRunner::Venv);
+            }
+        }
+        let _back = BackToVenv;
+        ENVOY_RUNNER.set(EnvoyRunner::FuncE);
+        Mesh::start(policy_json)
+    }
+}
+
+/// The command that Envoy's arguments follow, for this thread's runner.
+fn envoy_command(mesh_dir: &Path) -> Command {
+    match ENVOY_RUNNER.get() {
+        EnvoyRunner::Venv => Command::new(venv_binary("envoy")),
+        EnvoyRunner::FuncE => {
+            venv_binary("envoy"); // scripts/ensure-runtime.sh also places it in func-e's layout
+            let func_e_dir = mesh_dir.join("func-e");
+            let mut command = Command::new(tool_binary("func-e"));
+            command
+                .arg("run")
+                .env("FUNC_E_DATA_HOME", repo_root().join(".tools/func-e"))
+                .env("FUNC_E_CONFIG_HOME", func_e_dir.join("config"))
+                .env("FUNC_E_STATE_HOME", func_e_dir.join("state"))
+                .env("FUNC_E_RUNTIME_DIR", func_e_dir.join("runtime"))
+                // Offline: a version lookup or download would fail at once rather than go out.
+                .env(
+                    "ENVOY_VERSIONS_URL",
+                    "http://127.0.0.1:9/envoy-versions.json",
+                )
+                .env_remove("ENVOY_VERSION")
+                .env_remove("ENVOY_PATH");
+            command
+        }
+    }
+}
+
+/// `program` under coreutils' `timeout`: a client program that hangs is killed, and its test fails
+/// instead of hanging.
+pub fn bounded_command(program: impl AsRef<std::ffi::OsStr>, limit: Duration) -> Command {
+    let mut command = Command::new("timeout");
+    command
+        .arg("--kill-after=5")
+        .arg(limit.as_secs().to_string())
+        .arg(program);
+    command
+}
+
+/// Runs a client program to its end; its standard output. Panics, with both outputs, if it fails.
+pub fn successful_output(command: &mut Command, what: &str) -> String {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("run {what}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{what} failed ({}) after:\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }

@@ -9,14 +9,15 @@
 //!
 //! It measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
-//! per idle connection, and writes the Markdown report.
+//! per idle connection, runs `nats bench` (the nats CLI's benchmark, the figure NATS users quote)
+//! on the same setups, and writes the Markdown report.
 //!
 //! A package of its own (benches/loadgen) so that its build skips natsguard's dev-dependencies;
 //! `scripts/bench.sh` builds it with `cargo build --locked -p natsguard-loadgen --profile loadgen`
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4] [--only throughput,latency,connect,memory]
+//!            [--setups 1,2,3,4] [--only throughput,latency,connect,memory,nats-bench]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use jwt_simple::prelude::*;
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Encoder};
 use serde_json::{json, Map, Value};
-use support::{Mesh, NatsServer};
+use support::{bounded_command, tool_binary, Mesh, NatsServer, Process};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -44,11 +45,12 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --out FILE            the report (default: BENCHMARKS.md, or target/bench-partial.md for a
                         partial run, i.e. with --payloads, --setups or --only)
   --seconds N           how long each throughput run publishes (default 1.5)
-  --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536)
+  --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536;
+                        nats bench runs those of 128 and 1024 in the list)
   --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4: 1 direct, 2 Envoy tcp_proxy,
                         3 natsguard allow-all, 4 natsguard 1,000 rules + JWT)
   --only LIST           measurements, e.g. throughput,latency (default all:
-                        throughput,latency,connect,memory)
+                        throughput,latency,connect,memory,nats-bench)
   --help                this text";
 
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
@@ -221,6 +223,13 @@ impl Setup {
             Running::Mesh(mesh) => Some(mesh.envoy_pid()),
         }
     }
+
+    fn nats(&self) -> &NatsServer {
+        match &self.running {
+            Running::Direct(nats) => nats,
+            Running::Mesh(mesh) => &mesh.nats,
+        }
+    }
 }
 
 fn allow_all_policy() -> String {
@@ -362,6 +371,12 @@ fn clock_ticks_per_second() -> f64 {
         .unwrap_or(100.0)
 }
 
+/// The median of repeated runs' figures (the cores are shared: single runs vary).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 struct Throughput {
     payload: usize,
     publishers: usize,
@@ -380,12 +395,8 @@ impl Throughput {
         self.cpu_per_message_us
     }
 
-    /// The median of each figure over repeated runs (the cores are shared: single runs vary).
+    /// The median of each figure over repeated runs.
     fn median(runs: &[Throughput]) -> Throughput {
-        let median = |mut values: Vec<f64>| {
-            values.sort_by(f64::total_cmp);
-            values[values.len() / 2]
-        };
         Throughput {
             payload: runs[0].payload,
             publishers: runs[0].publishers,
@@ -502,6 +513,136 @@ async fn throughput(
         cpu_per_message_us: cpu_before
             .zip(cpu_after)
             .map(|(before, after)| (after - before).as_secs_f64() * 1e6 / total as f64),
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// nats bench: the nats CLI's benchmark (nats.go underneath), the figure NATS users quote.
+
+/// The payloads `nats bench` runs (those of them in `--payloads`).
+const NATS_BENCH_PAYLOADS: [usize; 2] = [128, 1024];
+const NATS_BENCH_MESSAGES: usize = 500_000;
+/// A `nats bench` process that takes longer has stalled (e.g. its subscriber was cut off).
+const NATS_BENCH_LIMIT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NatsBenchTest {
+    /// `nats bench pub` alone: the publisher's rate (without a subscriber, nats-server drops them).
+    Publish,
+    /// `nats bench sub` and `nats bench pub` on one subject: the subscriber's rate.
+    PubSub,
+}
+
+const NATS_BENCH_TESTS: [NatsBenchTest; 2] = [NatsBenchTest::Publish, NatsBenchTest::PubSub];
+
+impl NatsBenchTest {
+    fn name(self) -> &'static str {
+        match self {
+            NatsBenchTest::Publish => "publish",
+            NatsBenchTest::PubSub => "pub/sub",
+        }
+    }
+}
+
+struct NatsBench {
+    payload: usize,
+    test: NatsBenchTest,
+    per_second: f64,
+}
+
+/// `nats bench <args>` against the setup, its per-client figures written to `csv` and its console
+/// to `log`.
+fn nats_bench_command(
+    setup: &Setup,
+    args: &[&str],
+    csv: &std::path::Path,
+    log: &std::path::Path,
+) -> Result<std::process::Command> {
+    let console = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut command = bounded_command(tool_binary("nats"), NATS_BENCH_LIMIT);
+    command
+        .args(["--no-context", "--server"])
+        .arg(format!("nats://127.0.0.1:{}", setup.port()));
+    if let Some(token) = &setup.token {
+        command.args(["--token", token]);
+    }
+    command
+        .arg("bench")
+        .args(args)
+        .args(["--no-progress", "--csv"])
+        .arg(csv)
+        .stderr(console.try_clone().map_err(|e| e.to_string())?)
+        .stdout(console);
+    Ok(command)
+}
+
+/// The rate in a `nats bench --csv` file: a `#` header naming the columns, one row per client.
+fn nats_bench_rate(csv: &std::path::Path) -> Result<f64> {
+    let text = std::fs::read_to_string(csv).map_err(|e| format!("{}: {e}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(',').collect();
+    let column = header
+        .iter()
+        .position(|name| *name == "MsgsPerSec")
+        .ok_or(format!("no MsgsPerSec column in {}", csv.display()))?;
+    lines
+        .filter_map(|row| row.split(',').nth(column)?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+        .ok_or(format!("no figures in {}", csv.display()))
+}
+
+fn nats_bench(setup: &Setup, payload: usize, test: NatsBenchTest) -> Result<NatsBench> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let file = |name: &str| dir.path().join(name);
+    let subject = format!("{}.natsbench", setup.prefix);
+    let (messages, size) = (NATS_BENCH_MESSAGES.to_string(), format!("{payload}B"));
+    let counts = ["--msgs", &messages, "--size", &size];
+    let console = |log: &str| std::fs::read_to_string(file(log)).unwrap_or_default();
+    let subscriber = match test {
+        NatsBenchTest::Publish => None,
+        NatsBenchTest::PubSub => {
+            let mut command = nats_bench_command(
+                setup,
+                &[&["sub", subject.as_str()][..], &counts].concat(),
+                &file("sub.csv"),
+                &file("sub.log"),
+            )?;
+            let child = command
+                .spawn()
+                .map_err(|e| format!("nats bench sub: {e}"))?;
+            let subscriber = Process {
+                child,
+                name: "nats bench sub",
+            };
+            setup.nats().wait_for_subscription(&subject);
+            Some(subscriber)
+        }
+    };
+    let status = nats_bench_command(
+        setup,
+        &[&["pub", subject.as_str()][..], &counts].concat(),
+        &file("pub.csv"),
+        &file("pub.log"),
+    )?
+    .status()
+    .map_err(|e| format!("nats bench pub: {e}"))?;
+    if !status.success() {
+        return Err(format!("nats bench pub: {status}\n{}", console("pub.log")));
+    }
+    let csv = match subscriber {
+        None => file("pub.csv"),
+        Some(mut subscriber) => {
+            let status = subscriber.child.wait().map_err(|e| e.to_string())?;
+            if !status.success() {
+                return Err(format!("nats bench sub: {status}\n{}", console("sub.log")));
+            }
+            file("sub.csv")
+        }
+    };
+    Ok(NatsBench {
+        payload,
+        test,
+        per_second: nats_bench_rate(&csv)?,
     })
 }
 
@@ -685,6 +826,7 @@ fn check_path(setup: &Setup) -> Result<()> {
 /// memory also for setup 1 (no Envoy).
 struct Results {
     throughput: Vec<Throughput>,
+    nats_bench: Vec<NatsBench>,
     latency: Option<Latency>,
     connect: Option<ConnectRate>,
     connect_jwt: Option<ConnectRate>,
@@ -739,9 +881,33 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
     } else {
         None
     };
+    let mut nats_bench_results = Vec::new();
+    if options.measures(Measurement::NatsBench) {
+        for payload in NATS_BENCH_PAYLOADS
+            .into_iter()
+            .filter(|p| options.payloads.contains(p))
+        {
+            for test in NATS_BENCH_TESTS {
+                let runs = (0..ROUNDS)
+                    .map(|_| tokio::task::block_in_place(|| nats_bench(setup, payload, test)))
+                    .collect::<Result<Vec<_>>>()?;
+                let per_second = median(runs.iter().map(|run| run.per_second).collect());
+                eprintln!(
+                    "loadgen:   nats bench {:<7} {payload:>6} B: {per_second:>10.0} msgs/s",
+                    test.name()
+                );
+                nats_bench_results.push(NatsBench {
+                    payload,
+                    test,
+                    per_second,
+                });
+            }
+        }
+    }
     check_path(setup)?;
     Ok(Results {
         throughput: results,
+        nats_bench: nats_bench_results,
         latency,
         connect,
         connect_jwt,
@@ -758,13 +924,15 @@ enum Measurement {
     Latency,
     Connect,
     Memory,
+    NatsBench,
 }
 
-const MEASUREMENTS: [Measurement; 4] = [
+const MEASUREMENTS: [Measurement; 5] = [
     Measurement::Throughput,
     Measurement::Latency,
     Measurement::Connect,
     Measurement::Memory,
+    Measurement::NatsBench,
 ];
 
 impl Measurement {
@@ -774,6 +942,7 @@ impl Measurement {
             Measurement::Latency => "latency",
             Measurement::Connect => "connect",
             Measurement::Memory => "memory",
+            Measurement::NatsBench => "nats-bench",
         }
     }
 }
@@ -870,7 +1039,7 @@ fn options() -> Result<Options> {
                     &arg,
                     &value,
                     |item| MEASUREMENTS.into_iter().find(|m| m.name() == item),
-                    "one of throughput, latency, connect, memory",
+                    "one of throughput, latency, connect, memory, nats-bench",
                 )?;
                 options.subset.push(format!("{arg} {value}"));
             }
@@ -1029,6 +1198,17 @@ fn ratio(value: f64, base: f64) -> String {
     } else {
         "-".into()
     }
+}
+
+/// A rate's "× row 1" and "× row 2" cells for the row at `index` (row 1 has no "× row 2").
+fn rate_ratios(
+    index: usize,
+    rate: f64,
+    direct: Option<f64>,
+    proxy: Option<f64>,
+) -> (String, String) {
+    let to = |base: Option<f64>| base.map_or("-".into(), |b| ratio(rate, b));
+    (to(direct), if index == 0 { "-".into() } else { to(proxy) })
 }
 
 fn us(d: Duration) -> String {
@@ -1227,19 +1407,69 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
                 };
                 let cpu = t.cpu_per_message_us();
                 let base_cpu = proxy.and_then(Throughput::cpu_per_message_us);
+                let (to_direct, to_proxy) = rate_ratios(
+                    index,
+                    t.per_second(),
+                    direct.map(Throughput::per_second),
+                    proxy.map(Throughput::per_second),
+                );
                 let _ = writeln!(
                     w,
-                    "| {payload} B | {publishers} | {name} | {:.0} | {:.1} | {} | {} | {} | {} |",
+                    "| {payload} B | {publishers} | {name} | {:.0} | {:.1} | {to_direct} | {to_proxy} | {} | {} |",
                     t.per_second(),
                     t.megabytes_per_second(),
-                    direct.map_or("-".into(), |d| ratio(t.per_second(), d.per_second())),
-                    if index == 0 {
-                        "-".into()
-                    } else {
-                        proxy.map_or("-".into(), |p| ratio(t.per_second(), p.per_second()))
-                    },
                     cpu.map_or("-".into(), |c| format!("{c:.2}")),
                     cpu.zip(base_cpu).map_or("-".into(), |(c, b)| ratio(c, b))
+                );
+            }
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## nats bench (the nats CLI), beside the load generator\n"
+    );
+    let nats_bench_at = |index: usize, payload: usize, test: NatsBenchTest| {
+        row(index).and_then(|r| {
+            r.nats_bench
+                .iter()
+                .find(|b| b.payload == payload && b.test == test)
+        })
+    };
+    if measured.clone().any(|(_, r)| !r.nats_bench.is_empty()) {
+        let nats = tool_binary("nats").display().to_string();
+        let _ = writeln!(w, "`nats bench` of the nats CLI {} (scripts/ensure-tools.sh; nats.go underneath), the figure NATS users quote, on the same setups in the same run: one client, {NATS_BENCH_MESSAGES} messages per run, median of {ROUNDS} runs. publish: `nats bench pub` alone, the publisher's rate (no subscriber: nats-server drops the messages). pub/sub: `nats bench sub` and `nats bench pub` on one subject, the subscriber's rate from its first message to its last. Beside it the load generator's rate for the same payload and 1 publisher (table above; its publisher never gets more than {} MB ahead of its subscriber).\n", command_output(&nats, &["--version"]), IN_FLIGHT_BYTES >> 20);
+        let _ = writeln!(w, "| Payload | Test | Setup | msgs/s | MB/s | × row 1 | × row 2 | loadgen msgs/s | nats bench ÷ loadgen |\n|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    } else {
+        not_measured(w);
+    }
+    for payload in NATS_BENCH_PAYLOADS {
+        for test in NATS_BENCH_TESTS {
+            let direct = nats_bench_at(0, payload, test);
+            let proxy = nats_bench_at(1, payload, test);
+            for (index, entry) in rows.iter().enumerate() {
+                let (Some((name, _)), Some(b)) = (entry, nats_bench_at(index, payload, test))
+                else {
+                    continue;
+                };
+                let loadgen = match test {
+                    NatsBenchTest::PubSub => throughput_at(index, payload, 1),
+                    NatsBenchTest::Publish => None,
+                };
+                let (to_direct, to_proxy) = rate_ratios(
+                    index,
+                    b.per_second,
+                    direct.map(|d| d.per_second),
+                    proxy.map(|p| p.per_second),
+                );
+                let _ = writeln!(
+                    w,
+                    "| {payload} B | {} | {name} | {:.0} | {:.1} | {to_direct} | {to_proxy} | {} | {} |",
+                    test.name(),
+                    b.per_second,
+                    b.per_second * payload as f64 / 1e6,
+                    loadgen.map_or("-".into(), |l| format!("{:.0}", l.per_second())),
+                    loadgen.map_or("-".into(), |l| ratio(b.per_second, l.per_second()))
                 );
             }
         }
