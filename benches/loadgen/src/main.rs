@@ -17,7 +17,7 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4] [--only throughput,latency,connect,memory,nats-bench]
+//!            [--setups 1,2,3,4] [--only throughput,latency,connect,memory,nats-bench,live-policy]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
@@ -50,7 +50,7 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4: 1 direct, 2 Envoy tcp_proxy,
                         3 natsguard allow-all, 4 natsguard 1,000 rules + JWT)
   --only LIST           measurements, e.g. throughput,latency (default all:
-                        throughput,latency,connect,memory,nats-bench)
+                        throughput,latency,connect,memory,nats-bench,live-policy)
   --help                this text";
 
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
@@ -66,6 +66,8 @@ const IN_FLIGHT_BYTES: usize = 8 << 20;
 const LATENCY_RATE_PER_SECOND: u64 = 1000;
 const LATENCY_REQUESTS: usize = 5000;
 const CONNECTS: usize = 200;
+/// Policy updates timed from the rename of the ECDS file to enforcement on an open connection.
+const POLICY_UPDATES: usize = 100;
 const IDLE_CONNECTIONS: usize = 300;
 const ISSUER: &str = "https://idp.bench";
 const TENANT: &str = "acme";
@@ -822,6 +824,86 @@ fn check_path(setup: &Setup) -> Result<()> {
     Ok(())
 }
 
+/// From the rename of natsguard's ECDS file (a new policy version) to the first frame of an open
+/// connection decided by it.
+struct LivePolicy {
+    /// A configuration Envoy had not seen (a new root context configures it in every VM).
+    new: Percentiles,
+    /// The connection's original configuration delivered again (a rollback): Envoy reuses its
+    /// root context without a callback, natsguard applies it on its next tick.
+    reinstated: Percentiles,
+}
+
+struct Percentiles {
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+impl Percentiles {
+    fn of(mut delays: Vec<Duration>) -> Percentiles {
+        delays.sort();
+        let at = |q: f64| delays[((delays.len() - 1) as f64 * q).round() as usize];
+        Percentiles {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// Times `POLICY_UPDATES` policy updates on the natsguard setup with the allow-all policy: an
+/// open connection publishes a probe subject (each PUB followed by a PING) while every other
+/// version of the policy denies it; the delay ends with the first answer of the new version.
+async fn live_policy(setup: &Setup) -> Result<Option<LivePolicy>> {
+    let Running::Mesh(mesh) = &setup.running else {
+        return Ok(None);
+    };
+    let base: Value = serde_json::from_str(&allow_all_policy()).map_err(|e| e.to_string())?;
+    let mut denying = base.clone();
+    denying["rules"][0]["permissions"] = json!({ "publish": { "deny": ["bench.live.probe"] } });
+    let versions = [base.to_string(), denying.to_string()];
+    let updates = |mesh: &Mesh| {
+        mesh.stats()
+            .get("extension_config_discovery.network_filter.natsguard.update_success")
+            .copied()
+            .unwrap_or(0)
+    };
+    let mut client = connect(setup.port(), setup.token.as_deref()).await?;
+    let (mut new, mut reinstated) = (Vec::new(), Vec::new());
+    for update in 1..=POLICY_UPDATES {
+        let denies = update % 2 == 1;
+        let applied_before = updates(mesh);
+        let started = Instant::now();
+        support::write_policy(&mesh.ecds_file(), &versions[update % 2]);
+        loop {
+            client
+                .write_all(b"PUB bench.live.probe 0\r\n\r\nPING\r\n")
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = read_until(&mut client, b"PONG\r\n").await?;
+            if memchr::memmem::find(&answer, b"-ERR").is_some() == denies {
+                // The denying version gets a new root context every time (nothing holds the
+                // previous one); the allowing one is the connection's own, kept alive by it.
+                if denies { &mut new } else { &mut reinstated }.push(started.elapsed());
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(10) {
+                return Err(format!("policy update {update} not enforced after 10 s"));
+            }
+        }
+        // The next update starts once Envoy took this one everywhere.
+        while updates(mesh) <= applied_before {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Some(LivePolicy {
+        new: Percentiles::of(new),
+        reinstated: Percentiles::of(reinstated),
+    }))
+}
+
 /// What one setup measured; `None` where the run did not measure it (`--only`), and the idle
 /// memory also for setup 1 (no Envoy).
 struct Results {
@@ -831,6 +913,7 @@ struct Results {
     connect: Option<ConnectRate>,
     connect_jwt: Option<ConnectRate>,
     memory: Option<IdleMemory>,
+    live_policy: Option<LivePolicy>,
 }
 
 async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Result<Results> {
@@ -904,6 +987,22 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
             }
         }
     }
+    // The allow-all setup only: its policy versions are the probe's.
+    let live_policy =
+        if options.measures(Measurement::LivePolicy) && setup.filtered && setup.token.is_none() {
+            let live = live_policy(setup).await?;
+            if let Some(live) = &live {
+                for (kind, p) in [("new", &live.new), ("reinstated", &live.reinstated)] {
+                    eprintln!(
+                    "loadgen:   policy update ({kind}) to enforcement p50 {:?} p99 {:?} max {:?}",
+                    p.p50, p.p99, p.max
+                );
+                }
+            }
+            live
+        } else {
+            None
+        };
     check_path(setup)?;
     Ok(Results {
         throughput: results,
@@ -912,6 +1011,7 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
         connect,
         connect_jwt,
         memory,
+        live_policy,
     })
 }
 
@@ -925,14 +1025,16 @@ enum Measurement {
     Connect,
     Memory,
     NatsBench,
+    LivePolicy,
 }
 
-const MEASUREMENTS: [Measurement; 5] = [
+const MEASUREMENTS: [Measurement; 6] = [
     Measurement::Throughput,
     Measurement::Latency,
     Measurement::Connect,
     Measurement::Memory,
     Measurement::NatsBench,
+    Measurement::LivePolicy,
 ];
 
 impl Measurement {
@@ -943,6 +1045,7 @@ impl Measurement {
             Measurement::Connect => "connect",
             Measurement::Memory => "memory",
             Measurement::NatsBench => "nats-bench",
+            Measurement::LivePolicy => "live-policy",
         }
     }
 }
@@ -1039,7 +1142,7 @@ fn options() -> Result<Options> {
                     &arg,
                     &value,
                     |item| MEASUREMENTS.into_iter().find(|m| m.name() == item),
-                    "one of throughput, latency, connect, memory, nats-bench",
+                    "one of throughput, latency, connect, memory, nats-bench, live-policy",
                 )?;
                 options.subset.push(format!("{arg} {value}"));
             }
@@ -1271,6 +1374,7 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
+    let _ = writeln!(w, "- Live policy: {POLICY_UPDATES} updates of natsguard's configuration on row 3 (a new version of its ECDS file renamed over the one Envoy watches, as `scripts/set-policy.sh` does; every other version denies a probe subject), each timed from the rename to the first answer of the new version on a connection that was open throughout (it publishes the probe, each PUB followed by a PING, in a loop).");
     let _ = writeln!(w, "- Idle memory: {IDLE_CONNECTIONS} connections opened and closed once (the allocators and the wasm memory grow to that size), then opened again and left idle; Envoy's RSS and tcmalloc heap (`/memory` allocated) before/after, per connection. The wasm VM's linear memory is not in the tcmalloc heap: the RSS delta includes it.\n");
 
     let throughput_at = |index: usize, payload: usize, publishers: usize| {
@@ -1545,6 +1649,40 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
                     ),
                     _ => "-".into(),
                 }
+            );
+        }
+    }
+
+    let _ = writeln!(
+        w,
+        "\n## Policy update to enforcement on an open connection ({POLICY_UPDATES} updates)\n"
+    );
+    if measured.clone().any(|(_, r)| r.live_policy.is_some()) {
+        let _ = writeln!(
+            w,
+            "| Setup | update | p50 | p99 | max |\n|---|---|---:|---:|---:|"
+        );
+    } else {
+        not_measured(w);
+    }
+    for (name, r) in measured.clone() {
+        let Some(live) = &r.live_policy else { continue };
+        for (kind, p) in [
+            (
+                "a configuration Envoy creates a root context for",
+                &live.new,
+            ),
+            (
+                "the connection's own configuration again (rollback; on the next tick)",
+                &live.reinstated,
+            ),
+        ] {
+            let _ = writeln!(
+                w,
+                "| {name} | {kind} | {} | {} | {} |",
+                ms(p.p50),
+                ms(p.p99),
+                ms(p.max)
             );
         }
     }
