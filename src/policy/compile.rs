@@ -5,15 +5,18 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::config::{
-    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig,
-    PermissionForm, SubjectPermissionConfig, TrustedProxyConfig, UpstreamConfig,
+    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
+    SubjectPermissionConfig, TrustedProxyConfig, UpstreamConfig,
 };
-use super::connection::{ConnectionPermissions, EffectivePermissions, ResponsePermission};
+use super::connection::{
+    ConnectionPermissions, EffectivePermissions, EntryList, PermissionEntry, ResponsePermission,
+};
 use super::duration::parse_go_duration;
 use super::identity_facts::IdentityFacts;
+use super::lint::{lint, Warning};
 use super::rules::{ClaimCondition, FromClause, StringMatch};
 use super::subject::is_valid_subject;
-use super::template::Template;
+use super::template::{Template, Variable};
 use super::trie::PatternTrie;
 use crate::identity::{IdentityConfig, ProxySigner};
 
@@ -28,14 +31,43 @@ const MAX_SHARED_COMBINATIONS: usize = 256;
 
 /// A permission entry: a subject and, for subscribe entries, an optional queue group.
 #[derive(Clone, Debug)]
-struct Entry {
+pub(super) struct Entry {
+    /// The entry as configured, for explanations.
+    written: String,
     subject: Template,
     queue: Option<Template>,
 }
 
 impl Entry {
-    fn has_template(&self) -> bool {
+    pub(super) fn has_template(&self) -> bool {
         !self.subject.is_literal() || self.queue.as_ref().is_some_and(|queue| !queue.is_literal())
+    }
+
+    /// The entry as configured.
+    pub(super) fn written(&self) -> &str {
+        &self.written
+    }
+
+    /// The subject as configured (templates unexpanded).
+    pub(super) fn subject_text(&self) -> &str {
+        self.written.split_whitespace().next().unwrap_or_default()
+    }
+
+    /// The queue group as configured, for a queue entry.
+    pub(super) fn queue_text(&self) -> Option<&str> {
+        self.written.split_whitespace().nth(1)
+    }
+
+    /// The template variables of its subject and queue.
+    pub(super) fn variables(&self) -> impl Iterator<Item = &Variable> {
+        self.subject
+            .variables()
+            .chain(self.queue.iter().flat_map(Template::variables))
+    }
+
+    /// A plain deny entry `>`: nothing is allowed, whatever the allow list says.
+    pub(super) fn denies_everything(&self) -> bool {
+        self.queue.is_none() && self.written.trim() == ">"
     }
 }
 
@@ -99,6 +131,14 @@ impl std::fmt::Debug for TrustedProxySeed {
     }
 }
 
+/// Whether a rule applies to an identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleMatch {
+    pub name: String,
+    /// Why it does not apply (`None`: it applies).
+    pub mismatch: Option<String>,
+}
+
 /// No rule matched the identity and `default_action` is `deny`: refuse the connection at
 /// CONNECT with `Authorization Violation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,6 +166,9 @@ pub struct Policy {
     /// Compiled permission sets of template-free rule combinations, shared by connections.
     shared: Mutex<BTreeMap<Vec<usize>, Arc<EffectivePermissions>>>,
     version: String,
+    mode: Mode,
+    /// The policy every decision is also made under and reported (not applied).
+    shadow: Option<Box<Policy>>,
 }
 
 /// Hex digits of the configuration's SHA-256 that name a policy version.
@@ -147,14 +190,54 @@ pub fn policy_version(json: &str) -> String {
 pub struct LoadedPolicy {
     /// The compiled policy.
     pub policy: Policy,
-    /// One line per rule that leaves publish or subscribe unrestricted (and similar notes).
-    pub warnings: Vec<String>,
+    /// What it probably did not mean ([`super::lint`]), for the log and `natsguard check`.
+    pub warnings: Vec<Warning>,
 }
 
 impl Policy {
     /// Parses, validates and compiles a JSON configuration.
     pub fn from_json(json: &str) -> Result<LoadedPolicy, ConfigError> {
-        Policy::compile(Config::from_json(json)?, policy_version(json))
+        let mut config = Config::from_json(json)?;
+        let version = policy_version(json);
+        let Some(shadow) = config.shadow.take() else {
+            return Policy::compile(config, version);
+        };
+        if config.mode == Mode::DryRun {
+            return Err(ConfigError::new(
+                "shadow",
+                "a dry run evaluates the policy itself: put the candidate policy in the policy, not in shadow",
+            ));
+        }
+        // The shadow is the enforced policy with its own parts replaced.
+        let shadow_config = Config {
+            identity: shadow.identity.unwrap_or_else(|| config.identity.clone()),
+            default_action: shadow.default_action.unwrap_or(config.default_action),
+            rules: shadow.rules.unwrap_or_else(|| config.rules.clone()),
+            ..config.clone()
+        };
+        let LoadedPolicy {
+            policy: shadow,
+            warnings: shadow_warnings,
+        } = Policy::compile(shadow_config, version.clone()).map_err(|error| {
+            let path = match error.path.as_str() {
+                "$" => "shadow".to_owned(),
+                path => format!("shadow.{path}"),
+            };
+            ConfigError::new(path, error.reason)
+        })?;
+        let mut loaded = Policy::compile(config, version)?;
+        loaded.policy.shadow = Some(Box::new(shadow));
+        // A part the shadow inherits says what the policy's own warning says already.
+        let shadow_warnings: Vec<Warning> = shadow_warnings
+            .into_iter()
+            .filter(|warning| !loaded.warnings.contains(warning))
+            .map(|warning| Warning {
+                path: format!("shadow.{}", warning.path),
+                message: warning.message,
+            })
+            .collect();
+        loaded.warnings.extend(shadow_warnings);
+        Ok(loaded)
     }
 
     /// Validates and compiles a parsed configuration; any problem rejects it as a whole.
@@ -168,7 +251,6 @@ impl Policy {
             };
             ConfigError::new(path, issue.reason)
         })?;
-        let mut warnings = Vec::new();
         let mut rules = Vec::with_capacity(config.rules.len());
         let mut names: HashSet<&str> = HashSet::new();
         for (index, rule) in config.rules.iter().enumerate() {
@@ -215,14 +297,6 @@ impl Policy {
                 &format!("{permissions_path}.subscribe"),
                 true,
             )?;
-            for (direction, rules) in [("publish", &publish), ("subscribe", &subscribe)] {
-                if rules.allow.is_none() {
-                    warnings.push(format!(
-                        "rule {:?} leaves {direction} unrestricted",
-                        rule.name
-                    ));
-                }
-            }
             let has_templates = [&publish, &subscribe]
                 .iter()
                 .flat_map(|direction| direction.allow.iter().flatten().chain(&direction.deny))
@@ -236,12 +310,8 @@ impl Policy {
                 has_templates,
             });
         }
-        if config.default_action == DefaultAction::Allow {
-            warnings.push(
-                "default_action is allow: connections matching no rule are unrestricted".to_owned(),
-            );
-        }
         let upstream = config.upstream.as_ref().map(compile_upstream).transpose()?;
+        let warnings = lint(&config);
         let trusted_proxy = config
             .trusted_proxy
             .as_ref()
@@ -263,6 +333,8 @@ impl Policy {
             unrestricted,
             shared: Mutex::new(BTreeMap::new()),
             version,
+            mode: config.mode,
+            shadow: None,
         };
         Ok(LoadedPolicy { policy, warnings })
     }
@@ -320,10 +392,21 @@ impl Policy {
     fn build(&self, matched: &[usize], identity: &dyn IdentityFacts) -> EffectivePermissions {
         let rules: Vec<&CompiledRule> = matched.iter().map(|&index| &self.rules[index]).collect();
         let names = rules.iter().map(|rule| rule.name.clone()).collect();
-        let (publish_allow, publish_deny, _) =
-            union_direction(rules.iter().map(|rule| &rule.publish), identity);
-        let (subscribe_allow, subscribe_deny, subscribe_deny_subjects) =
-            union_direction(rules.iter().map(|rule| &rule.subscribe), identity);
+        let mut entries = Vec::new();
+        let (publish_allow, publish_deny, _) = union_direction(
+            rules.iter().map(|rule| (rule.name.as_str(), &rule.publish)),
+            identity,
+            [EntryList::PublishAllow, EntryList::PublishDeny],
+            &mut entries,
+        );
+        let (subscribe_allow, subscribe_deny, subscribe_deny_subjects) = union_direction(
+            rules
+                .iter()
+                .map(|rule| (rule.name.as_str(), &rule.subscribe)),
+            identity,
+            [EntryList::SubscribeAllow, EntryList::SubscribeDeny],
+            &mut entries,
+        );
         let responses = rules
             .iter()
             .filter_map(|rule| rule.responses)
@@ -337,6 +420,7 @@ impl Policy {
             subscribe_deny_subjects,
             responses,
             decision_cache_entries: self.limits.decision_cache_entries as usize,
+            entries,
         }
     }
 
@@ -375,6 +459,33 @@ impl Policy {
         &self.version
     }
 
+    /// Permissions that allow everything (what a dry run applies).
+    pub fn unrestricted_permissions(&self) -> ConnectionPermissions {
+        ConnectionPermissions::new(Arc::clone(&self.unrestricted))
+    }
+
+    /// `mode`.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The `shadow` policy, compiled (its own identity, default action and rules; the rest is
+    /// this one's).
+    pub fn shadow(&self) -> Option<&Policy> {
+        self.shadow.as_deref()
+    }
+
+    /// Whether each rule applies to `identity`, and for the others why not.
+    pub fn rule_matches(&self, identity: &dyn IdentityFacts) -> Vec<RuleMatch> {
+        self.rules
+            .iter()
+            .map(|rule| RuleMatch {
+                name: rule.name.clone(),
+                mismatch: rule.from.as_ref().and_then(|from| from.mismatch(identity)),
+            })
+            .collect()
+    }
+
     /// Names of the configured rules, in order.
     pub fn rule_names(&self) -> impl Iterator<Item = &str> {
         self.rules.iter().map(|rule| rule.name.as_str())
@@ -388,49 +499,83 @@ type DirectionUnion = (Option<PatternTrie>, Option<PatternTrie>, Vec<Box<[u8]>>)
 /// (so a list can end up empty: nothing allowed); a queue allow entry keeps restricting without
 /// granting a queue, and a deny entry widens (see `Template`): what cannot be read denies more.
 fn union_direction<'a>(
-    directions: impl Iterator<Item = &'a DirectionRules> + Clone,
+    directions: impl Iterator<Item = (&'a str, &'a DirectionRules)> + Clone,
     identity: &dyn IdentityFacts,
+    [allow_list, deny_list]: [EntryList; 2],
+    entries: &mut Vec<PermissionEntry>,
 ) -> DirectionUnion {
+    let mut record = |rule: &str, list, entry: &Entry, subject: &str, queue: Option<&str>, note| {
+        entries.push(PermissionEntry {
+            rule: rule.into(),
+            list,
+            written: entry.written.as_str().into(),
+            subject: subject.into(),
+            is_queue_entry: entry.queue.is_some(),
+            queue: queue.map(Into::into),
+            note,
+        });
+        (entries.len() - 1) as u32
+    };
     let unrestricted = directions
         .clone()
-        .any(|direction| direction.allow.is_none());
+        .any(|(_, direction)| direction.allow.is_none());
     let allow = (!unrestricted).then(|| {
         let mut trie = PatternTrie::default();
-        for entry in directions
-            .clone()
-            .flat_map(|direction| direction.allow.iter().flatten())
-        {
-            let subject = entry.subject.expand(identity);
-            match (&entry.queue, subject) {
-                (None, Some(subject)) => trie.insert(subject.as_bytes(), None),
-                // A plain entry that cannot be expanded grants nothing: dropped.
-                (None, None) => {}
-                (Some(queue), subject) => match (queue.expand(identity), subject) {
-                    (Some(queue), Some(subject)) => {
-                        trie.insert(subject.as_bytes(), Some(queue.as_bytes()))
+        for (rule, direction) in directions.clone() {
+            for entry in direction.allow.iter().flatten() {
+                let subject = entry.subject.expand(identity);
+                match (&entry.queue, subject) {
+                    (None, Some(subject)) => {
+                        let origin = record(rule, allow_list, entry, &subject, None, None);
+                        trie.insert(subject.as_bytes(), None, origin)
                     }
-                    // A queue entry also restricts: whatever cannot be expanded still limits
-                    // queue subscribers (the subject widened as in a deny entry), granting none.
-                    (_, subject) => {
-                        let subject = subject
-                            .unwrap_or_else(|| entry.subject.expand_for_deny(identity, false));
-                        trie.insert_queue_restriction(subject.as_bytes());
-                    }
-                },
+                    // A plain entry that cannot be expanded grants nothing: dropped.
+                    (None, None) => {}
+                    (Some(queue), subject) => match (queue.expand(identity), subject) {
+                        (Some(queue), Some(subject)) => {
+                            let origin =
+                                record(rule, allow_list, entry, &subject, Some(&queue), None);
+                            trie.insert(subject.as_bytes(), Some(queue.as_bytes()), origin)
+                        }
+                        // A queue entry also restricts: whatever cannot be expanded still limits
+                        // queue subscribers (the subject widened as in a deny entry), granting
+                        // none.
+                        (_, subject) => {
+                            let subject = subject
+                                .unwrap_or_else(|| entry.subject.expand_for_deny(identity, false));
+                            let note = Some("a template could not be filled: it restricts queue subscribers without granting a queue");
+                            let origin = record(rule, allow_list, entry, &subject, None, note);
+                            trie.insert_queue_restriction(subject.as_bytes(), origin);
+                        }
+                    },
+                }
             }
         }
         trie
     });
     let mut deny = PatternTrie::default();
     let mut deny_subjects = Vec::new();
-    for entry in directions.flat_map(|direction| &direction.deny) {
-        let subject = entry.subject.expand_for_deny(identity, false);
-        let queue = entry
-            .queue
-            .as_ref()
-            .map(|queue| queue.expand_for_deny(identity, true));
-        deny.insert(subject.as_bytes(), queue.as_deref().map(str::as_bytes));
-        deny_subjects.push(subject.into_bytes().into_boxed_slice());
+    for (rule, direction) in directions {
+        for entry in &direction.deny {
+            let subject = entry.subject.expand_for_deny(identity, false);
+            let queue = entry
+                .queue
+                .as_ref()
+                .map(|queue| queue.expand_for_deny(identity, true));
+            let widened = entry.subject.expand(identity).is_none()
+                || entry
+                    .queue
+                    .as_ref()
+                    .is_some_and(|q| q.expand(identity).is_none());
+            let note = widened.then_some("a template could not be filled: the deny is widened");
+            let origin = record(rule, deny_list, entry, &subject, queue.as_deref(), note);
+            deny.insert(
+                subject.as_bytes(),
+                queue.as_deref().map(str::as_bytes),
+                origin,
+            );
+            deny_subjects.push(subject.into_bytes().into_boxed_slice());
+        }
     }
     let deny = (deny.len() > 0).then_some(deny);
     (allow, deny, deny_subjects)
@@ -481,15 +626,18 @@ fn compile_from(from: &FromConfig, path: &str) -> Result<FromClause, ConfigError
                     "must list at least one accepted value",
                 ));
             }
-            if let Some(index) = accepted.iter().position(String::is_empty) {
-                return Err(ConfigError::new(
-                    format!("{claim_path}[{index}]"),
-                    "must not be empty",
-                ));
-            }
+            let accepted = accepted
+                .iter()
+                .enumerate()
+                .map(|(index, value)| {
+                    StringMatch::parse(value).map_err(|reason| {
+                        ConfigError::new(format!("{claim_path}[{index}]"), reason)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
             claims.push(ClaimCondition {
                 path: name.clone(),
-                accepted: accepted.clone(),
+                accepted,
             });
         }
     }
@@ -509,18 +657,14 @@ fn compile_direction(
     let Some(permission) = permission else {
         return Ok(DirectionRules::default());
     };
-    let entry_path = |list: &str, index: usize| match permission.form {
-        PermissionForm::Object => format!("{path}.{list}[{index}]"),
-        PermissionForm::List => format!("{path}[{index}]"),
-        PermissionForm::Single => path.to_owned(),
-    };
     let compile_list = |list: &str, entries: &[String]| -> Result<Vec<Entry>, ConfigError> {
         entries
             .iter()
             .enumerate()
             .map(|(index, text)| {
-                compile_entry(text, queues_allowed)
-                    .map_err(|reason| ConfigError::new(entry_path(list, index), reason))
+                compile_entry(text, queues_allowed).map_err(|reason| {
+                    ConfigError::new(permission.entry_path(path, list, index), reason)
+                })
             })
             .collect()
     };
@@ -532,7 +676,7 @@ fn compile_direction(
 }
 
 /// Parses `"subject"` or (subscribe only) `"subject queue"`, templates included.
-fn compile_entry(text: &str, queues_allowed: bool) -> Result<Entry, String> {
+pub(super) fn compile_entry(text: &str, queues_allowed: bool) -> Result<Entry, String> {
     let fields: Vec<&str> = text.split_whitespace().collect();
     let (subject, queue) = match fields.as_slice() {
         [subject] => (*subject, None),
@@ -554,7 +698,11 @@ fn compile_entry(text: &str, queues_allowed: bool) -> Result<Entry, String> {
     };
     let subject = parse(subject, "subject")?;
     let queue = queue.map(|queue| parse(queue, "queue group")).transpose()?;
-    Ok(Entry { subject, queue })
+    Ok(Entry {
+        written: text.to_owned(),
+        subject,
+        queue,
+    })
 }
 
 fn compile_responses(

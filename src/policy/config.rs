@@ -62,6 +62,37 @@ pub struct Config {
     /// Remove `connect_urls`/`ws_connect_urls` from every INFO (default true).
     #[serde(default = "default_true")]
     pub strip_connect_urls: bool,
+    /// `enforce` (default) or `dry_run` (evaluated and reported, nothing enforced).
+    #[serde(default)]
+    pub mode: Mode,
+    /// A second policy every decision is also made under, only reported.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `mode`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Decisions are applied.
+    #[default]
+    Enforce,
+    /// Decisions are made and reported as what the policy would do; nothing is denied, refused
+    /// or filtered, and the client's CONNECT reaches nats-server as it was sent.
+    DryRun,
+}
+
+/// `shadow`: the parts of a policy to evaluate beside the enforced one; a missing part is the
+/// enforced policy's.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+    #[serde(default)]
+    pub default_action: Option<DefaultAction>,
+    #[serde(default)]
+    pub rules: Option<Vec<RuleConfig>>,
 }
 
 fn default_true() -> bool {
@@ -165,6 +196,17 @@ pub struct SubjectPermissionConfig {
     pub deny: Vec<String>,
     /// The form it was written in.
     pub form: PermissionForm,
+}
+
+impl SubjectPermissionConfig {
+    /// The JSON path of entry `index` of `list` (`allow`/`deny`), for a permission at `path`.
+    pub(crate) fn entry_path(&self, path: &str, list: &str, index: usize) -> String {
+        match self.form {
+            PermissionForm::Object => format!("{path}.{list}[{index}]"),
+            PermissionForm::List => format!("{path}[{index}]"),
+            PermissionForm::Single => path.to_owned(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,59 @@ impl ResponsePermission {
     }
 }
 
+/// Which list of a permission set an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryList {
+    PublishAllow,
+    PublishDeny,
+    SubscribeAllow,
+    SubscribeDeny,
+}
+
+impl EntryList {
+    /// `allow` or `deny`, as in the configuration.
+    pub fn action(self) -> &'static str {
+        match self {
+            EntryList::PublishAllow | EntryList::SubscribeAllow => "allow",
+            EntryList::PublishDeny | EntryList::SubscribeDeny => "deny",
+        }
+    }
+}
+
+/// A configured permission entry as one identity has it: what explanations name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PermissionEntry {
+    /// The rule it comes from.
+    pub rule: Box<str>,
+    pub list: EntryList,
+    /// The entry as configured (`"tenants.{{jwt.claim.tid}}.> workers"`).
+    pub written: Box<str>,
+    /// Its subject for this identity (templates filled, or widened).
+    pub subject: Box<str>,
+    /// A queue entry (`"subject queue"`): it concerns queue subscribers only.
+    pub is_queue_entry: bool,
+    /// Its queue group for this identity (none for a queue entry whose queue could not be
+    /// filled: it restricts without granting).
+    pub queue: Option<Box<str>>,
+    /// Why it acts differently from what it says (an unfillable template).
+    pub note: Option<&'static str>,
+}
+
+impl std::fmt::Display for PermissionEntry {
+    /// `deny billing.admin.>` (the configured form; the filled subject after `→` when it differs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.list.action(), self.written)?;
+        let filled = match &self.queue {
+            Some(queue) => format!("{} {queue}", self.subject),
+            None => self.subject.to_string(),
+        };
+        if filled != *self.written {
+            write!(f, " → {filled}")?;
+        }
+        Ok(())
+    }
+}
+
 /// The resolved permission set of one identity: immutable, shared between connections whose
 /// identities match the same template-free rules.
 #[derive(Debug)]
@@ -57,6 +110,8 @@ pub(crate) struct EffectivePermissions {
     pub(crate) subscribe_deny_subjects: Vec<Box<[u8]>>,
     pub(crate) responses: Option<ResponsePermission>,
     pub(crate) decision_cache_entries: usize,
+    /// Every configured entry of the set; the tries' terminals index it.
+    pub(crate) entries: Vec<PermissionEntry>,
 }
 
 impl EffectivePermissions {
@@ -73,6 +128,7 @@ impl EffectivePermissions {
             subscribe_deny_subjects: Vec::new(),
             responses: None,
             decision_cache_entries,
+            entries: Vec::new(),
         }
     }
 }
@@ -94,7 +150,7 @@ struct ReplyGrant {
 
 /// Reply subjects the connection may publish to under allow_responses.
 #[derive(Debug, Default)]
-struct ReplyGrants {
+pub(super) struct ReplyGrants {
     grants: BTreeMap<Box<[u8]>, ReplyGrant>,
     bytes: usize,
 }
@@ -106,20 +162,24 @@ impl ReplyGrants {
         }
     }
 
+    /// Whether one more publish to `reply` would be allowed by its grant (nothing changes).
+    pub(super) fn allows(&self, reply: &[u8], now: Duration, limits: ResponsePermission) -> bool {
+        self.grants.get(reply).is_some_and(|grant| {
+            let used_up = limits.max_msgs > 0 && grant.uses + 1 > limits.max_msgs;
+            !used_up && !is_expired(grant, now, limits)
+        })
+    }
+
     /// nats-server's `responseAllowed`: counts one use; an over-used or expired grant is
     /// removed and refused.
     fn use_grant(&mut self, reply: &[u8], now: Duration, limits: ResponsePermission) -> bool {
-        let Some(grant) = self.grants.get_mut(reply) else {
-            return false;
-        };
-        grant.uses += 1;
-        let used_up = limits.max_msgs > 0 && grant.uses > limits.max_msgs;
-        let expired = is_expired(grant, now, limits);
-        if used_up || expired {
-            self.remove(reply);
-            return false;
+        let allowed = self.allows(reply, now, limits);
+        match self.grants.get_mut(reply) {
+            Some(grant) if allowed => grant.uses += 1,
+            Some(_) => self.remove(reply),
+            None => {}
         }
-        true
+        allowed
     }
 
     fn record(&mut self, reply: &[u8], now: Duration, limits: ResponsePermission) {
@@ -183,10 +243,10 @@ pub fn is_reserved_reply(reply: &[u8]) -> bool {
 /// `now` is a monotonic instant measured from any fixed origin.
 #[derive(Debug)]
 pub struct ConnectionPermissions {
-    effective: Arc<EffectivePermissions>,
-    delivery_filter_armed: bool,
+    pub(super) effective: Arc<EffectivePermissions>,
+    pub(super) delivery_filter_armed: bool,
     cache: DecisionCache,
-    replies: ReplyGrants,
+    pub(super) replies: ReplyGrants,
 }
 
 impl ConnectionPermissions {
@@ -224,7 +284,7 @@ impl ConnectionPermissions {
         if !self.check_subscribe_permission(subject, queue) {
             return SubscribeDecision::Denied;
         }
-        if queue == Some(SYSTEM_QUEUE_GROUP) {
+        if is_system_queue_group(queue) {
             return SubscribeDecision::Denied;
         }
         SubscribeDecision::Allowed
@@ -308,10 +368,7 @@ impl ConnectionPermissions {
     /// pubAllowedFullCheck): reserved prefixes, allow, deny, then allow_responses grants.
     /// The reply subject is checked separately with [`is_reserved_reply`].
     pub fn check_publish(&mut self, subject: &[u8], now: Duration) -> bool {
-        // Same length rules as nats-server: `_GR_.` needs a following byte, `$NRG.` does not.
-        let gateway_reply =
-            subject.len() > GATEWAY_REPLY_PREFIX.len() && subject.starts_with(GATEWAY_REPLY_PREFIX);
-        if gateway_reply || subject.starts_with(RAFT_PREFIX) {
+        if reserved_publish_subject(subject).is_some() {
             return false;
         }
         match self.static_publish_decision(subject) {
@@ -398,7 +455,27 @@ impl PublishVerdict {
     }
 }
 
-fn terminal_has_queue(terminal: &Terminal, queue: &[u8]) -> bool {
+/// Why no client may publish to `subject`, if none may: nats-server refuses gateway reply
+/// subjects (`_GR_.` and at least one more byte); natsguard refuses Raft subjects (`$NRG.`) to
+/// every connection (nats-server: outside the system account).
+pub(super) fn reserved_publish_subject(subject: &[u8]) -> Option<&'static str> {
+    let gateway_reply =
+        subject.len() > GATEWAY_REPLY_PREFIX.len() && subject.starts_with(GATEWAY_REPLY_PREFIX);
+    if gateway_reply {
+        Some("nats-server refuses gateway reply subjects (_GR_.) to clients")
+    } else if subject.starts_with(RAFT_PREFIX) {
+        Some("natsguard refuses Raft subjects ($NRG.) to every connection")
+    } else {
+        None
+    }
+}
+
+/// nats-server refuses the queue group `_sys_` to clients.
+pub(super) fn is_system_queue_group(queue: Option<&[u8]>) -> bool {
+    queue == Some(SYSTEM_QUEUE_GROUP)
+}
+
+pub(super) fn terminal_has_queue(terminal: &Terminal, queue: &[u8]) -> bool {
     terminal
         .queues
         .iter()
@@ -407,7 +484,7 @@ fn terminal_has_queue(terminal: &Terminal, queue: &[u8]) -> bool {
 
 /// nats-server's `queueMatches` for one entry: the same name, or a wildcard entry that the
 /// queue name is a subset of.
-fn queue_matches(queue: &[u8], entry: &[u8]) -> bool {
+pub(super) fn queue_matches(queue: &[u8], entry: &[u8]) -> bool {
     if queue == entry {
         return true;
     }

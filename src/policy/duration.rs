@@ -13,6 +13,34 @@ const UNITS_IN_NANOS: &[(&str, u128)] = &[
     ("h", 3_600_000_000_000),
 ];
 
+/// `nanos` in Go duration syntax that [`parse_go_duration`] (and Go's `time.ParseDuration`)
+/// reads back exactly: `2m`, `5s500ms`, `-1ns`, `0`.
+pub(crate) fn format_go_duration(nanos: i64) -> String {
+    if nanos == 0 {
+        return "0".to_owned();
+    }
+    let mut rest = u128::from(nanos.unsigned_abs());
+    let mut text = if nanos < 0 {
+        "-".to_owned()
+    } else {
+        String::new()
+    };
+    for (unit, size) in [
+        ("h", 3_600_000_000_000u128),
+        ("m", 60_000_000_000),
+        ("s", 1_000_000_000),
+        ("ms", 1_000_000),
+        ("us", 1_000),
+        ("ns", 1),
+    ] {
+        if rest >= size {
+            text.push_str(&format!("{}{unit}", rest / size));
+            rest %= size;
+        }
+    }
+    text
+}
+
 /// A signed duration in nanoseconds, as Go represents it.
 pub(crate) fn parse_go_duration(text: &str) -> Result<i64, String> {
     let invalid = || {
@@ -70,7 +98,24 @@ pub(crate) fn parse_go_duration(text: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_go_duration;
+    use super::{format_go_duration, parse_go_duration};
+
+    #[test]
+    fn formatting_reads_back() {
+        for nanos in [
+            0,
+            1,
+            -1,
+            500_000_000,
+            5_500_000_000,
+            120_000_000_000,
+            5_400_000_000_123,
+        ] {
+            let text = format_go_duration(nanos);
+            assert_eq!(parse_go_duration(&text), Ok(nanos), "{text}");
+        }
+        assert_eq!(format_go_duration(120_000_000_000), "2m");
+    }
 
     #[test]
     fn go_syntax() {

@@ -13,25 +13,30 @@ mod compile;
 mod config;
 mod connection;
 mod duration;
+mod explain;
 mod identity_facts;
+mod lint;
 mod rules;
-mod subject;
+pub(crate) mod subject;
 mod template;
 mod trie;
 
 pub use compile::{
-    policy_version, LoadedPolicy, NoMatchingRule, Policy, TrustedProxySeed, UpstreamCredentials,
+    policy_version, LoadedPolicy, NoMatchingRule, Policy, RuleMatch, TrustedProxySeed,
+    UpstreamCredentials,
 };
 pub use config::{
-    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig,
-    PermissionForm, PermissionsConfig, RuleConfig, SubjectPermissionConfig, TrustedProxyConfig,
-    UpstreamConfig, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
+    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
+    PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig, SubjectPermissionConfig,
+    TrustedProxyConfig, UpstreamConfig, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
 };
 pub use connection::{
-    is_reserved_reply, ConnectionPermissions, ResponsePermission, SubscribeDecision,
-    MAX_TRACKED_REPLIES, MAX_TRACKED_REPLY_BYTES,
+    is_reserved_reply, ConnectionPermissions, EntryList, PermissionEntry, ResponsePermission,
+    SubscribeDecision, MAX_TRACKED_REPLIES, MAX_TRACKED_REPLY_BYTES,
 };
+pub use explain::Ruling;
 pub use identity_facts::IdentityFacts;
+pub use lint::Warning;
 pub use subject::is_valid_subject;
 
 /// Parses, validates and compiles natsguard's JSON configuration.

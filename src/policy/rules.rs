@@ -52,11 +52,30 @@ fn any_matches(patterns: &[StringMatch], candidate: Option<&str>) -> bool {
     candidate.is_some_and(|candidate| patterns.iter().any(|pattern| pattern.matches(candidate)))
 }
 
+impl std::fmt::Display for StringMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StringMatch::Exact(exact) => write!(f, "{exact}"),
+            StringMatch::Prefix(prefix) => write!(f, "{prefix}*"),
+            StringMatch::Suffix(suffix) => write!(f, "*{suffix}"),
+            StringMatch::Presence => f.write_str("*"),
+        }
+    }
+}
+
+fn listed(patterns: &[StringMatch]) -> String {
+    patterns
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A claim condition: the claim (name or dot path) must hold one of the accepted values.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct ClaimCondition {
     pub(crate) path: String,
-    pub(crate) accepted: Vec<String>,
+    pub(crate) accepted: Vec<StringMatch>,
 }
 
 impl ClaimCondition {
@@ -66,7 +85,7 @@ impl ClaimCondition {
     }
 
     fn matches(&self, value: &Value) -> bool {
-        let accepted = |candidate: &str| self.accepted.iter().any(|value| value == candidate);
+        let accepted = |candidate: &str| self.accepted.iter().any(|value| value.matches(candidate));
         match value {
             Value::String(text) if self.is_space_separated() => {
                 text.split_whitespace().any(accepted)
@@ -89,28 +108,59 @@ pub(crate) struct FromClause {
 
 impl FromClause {
     pub(crate) fn matches(&self, identity: &dyn IdentityFacts) -> bool {
+        self.mismatch(identity).is_none()
+    }
+
+    /// Why the identity does not match (the first key that fails), or `None` if it matches.
+    pub(crate) fn mismatch(&self, identity: &dyn IdentityFacts) -> Option<String> {
+        let key = |key: &str, patterns: &[StringMatch], value: Option<&str>, what: &str| match value
+        {
+            _ if any_matches(patterns, value) => None,
+            Some(value) => Some(format!("{key}: {value} is none of {}", listed(patterns))),
+            None => Some(format!("{key}: the connection has no {what}")),
+        };
         if let Some(principals) = &self.principals {
-            if !any_matches(principals, identity.spiffe_principal().as_deref()) {
-                return false;
+            let principal = identity.spiffe_principal();
+            if let Some(why) = key("principals", principals, principal.as_deref(), "SPIFFE ID") {
+                return Some(why);
             }
         }
         if let Some(namespaces) = &self.namespaces {
-            if !any_matches(namespaces, identity.spiffe_namespace()) {
-                return false;
+            let namespace = identity.spiffe_namespace();
+            let what = "namespace (no SPIFFE ID of the form /ns/<ns>/sa/<sa>)";
+            if let Some(why) = key("namespaces", namespaces, namespace, what) {
+                return Some(why);
             }
         }
         if let Some(request_principals) = &self.request_principals {
-            if !any_matches(
+            let principal = identity.jwt_request_principal();
+            let what = "verified JWT";
+            if let Some(why) = key(
+                "request_principals",
                 request_principals,
-                identity.jwt_request_principal().as_deref(),
+                principal.as_deref(),
+                what,
             ) {
-                return false;
+                return Some(why);
             }
         }
-        self.claims.iter().all(|condition| {
-            identity
-                .jwt_claim(&condition.path)
-                .is_some_and(|value| condition.matches(value))
+        self.claims.iter().find_map(|condition| {
+            let accepted = listed(&condition.accepted);
+            match identity.jwt_claim(&condition.path) {
+                Some(value) if condition.matches(value) => None,
+                Some(value) => Some(format!(
+                    "claims.{}: {value} holds none of {accepted}",
+                    condition.path
+                )),
+                None if identity.jwt_subject().is_none() => Some(format!(
+                    "claims.{}: the connection has no verified JWT",
+                    condition.path
+                )),
+                None => Some(format!(
+                    "claims.{}: the token has no such claim",
+                    condition.path
+                )),
+            }
         })
     }
 }

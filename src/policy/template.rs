@@ -17,6 +17,18 @@ pub(crate) enum Variable {
     JwtClaim(String),
 }
 
+impl std::fmt::Display for Variable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Variable::SpiffeTrustDomain => f.write_str("spiffe.trust_domain"),
+            Variable::SpiffeNamespace => f.write_str("spiffe.namespace"),
+            Variable::SpiffeServiceAccount => f.write_str("spiffe.service_account"),
+            Variable::JwtSubject => f.write_str("jwt.sub"),
+            Variable::JwtClaim(claim) => write!(f, "jwt.claim.{claim}"),
+        }
+    }
+}
+
 impl Variable {
     fn parse(name: &str) -> Option<Variable> {
         match name {
@@ -95,6 +107,13 @@ impl Template {
             segments.push(Segment::Literal(rest.to_owned()));
         }
         Ok(Template { segments })
+    }
+
+    pub(crate) fn variables(&self) -> impl Iterator<Item = &Variable> {
+        self.segments.iter().filter_map(|segment| match segment {
+            Segment::Variable(variable) => Some(variable),
+            Segment::Literal(_) => None,
+        })
     }
 
     pub(crate) fn is_literal(&self) -> bool {

@@ -34,6 +34,9 @@ pub(crate) struct Terminal {
     /// The queue groups those entries name. May be empty while `queue_restricted` holds: an
     /// entry whose queue template could not be filled restricts without granting any queue.
     pub(crate) queues: Vec<Box<[u8]>>,
+    /// The configured entries that end here (indices into the permission set's entry table),
+    /// for explanations; decisions never read them.
+    pub(crate) origins: Vec<u32>,
 }
 
 #[derive(Default, Debug)]
@@ -56,20 +59,21 @@ pub(crate) struct PatternTrie {
 }
 
 impl PatternTrie {
-    /// Inserts a pattern (already validated) with an optional queue group.
-    pub(crate) fn insert(&mut self, pattern: &[u8], queue: Option<&[u8]>) {
-        self.insert_entry(pattern, queue.map(Some));
+    /// Inserts a pattern (already validated) with an optional queue group; `origin` names the
+    /// configured entry.
+    pub(crate) fn insert(&mut self, pattern: &[u8], queue: Option<&[u8]>, origin: u32) {
+        self.insert_entry(pattern, queue.map(Some), origin);
     }
 
     /// Inserts a queue entry that restricts queue subscribers of `pattern` without granting
     /// them any queue group (its queue could not be determined).
-    pub(crate) fn insert_queue_restriction(&mut self, pattern: &[u8]) {
-        self.insert_entry(pattern, Some(None));
+    pub(crate) fn insert_queue_restriction(&mut self, pattern: &[u8], origin: u32) {
+        self.insert_entry(pattern, Some(None), origin);
     }
 
     /// `queue`: `None` for a plain entry; `Some(None)` for a queue entry without a grantable
     /// queue group.
-    fn insert_entry(&mut self, pattern: &[u8], queue: Option<Option<&[u8]>>) {
+    fn insert_entry(&mut self, pattern: &[u8], queue: Option<Option<&[u8]>>, origin: u32) {
         let mut level = &mut self.root;
         let mut pending = tokens(pattern).peekable();
         loop {
@@ -83,6 +87,7 @@ impl PatternTrie {
             };
             if pending.peek().is_none() {
                 let terminal = node.terminal.get_or_insert_with(Terminal::default);
+                terminal.origins.push(origin);
                 match queue {
                     None => terminal.plain = true,
                     Some(queue) => {
@@ -215,7 +220,7 @@ mod tests {
     fn trie(patterns: &[&str]) -> PatternTrie {
         let mut trie = PatternTrie::default();
         for pattern in patterns {
-            trie.insert(pattern.as_bytes(), None);
+            trie.insert(pattern.as_bytes(), None, 0);
         }
         trie
     }
