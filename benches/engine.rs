@@ -6,14 +6,12 @@
 //!
 //! cargo bench --bench engine            (or add `-- --quick` for a short run)
 
-use std::cell::RefCell;
 use std::hint::black_box;
 use std::rc::Rc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use natsguard::engine::{Connection, Forward, Gate};
-use natsguard::identity::Authenticator;
 use natsguard::policy;
 use serde_json::json;
 
@@ -30,12 +28,7 @@ fn gate(rules: serde_json::Value) -> Rc<Gate> {
         "rules": rules
     });
     let loaded = policy::load(&config.to_string()).expect("valid benchmark policy");
-    let authenticator = Authenticator::new(loaded.policy.identity_config()).expect("identity");
-    Rc::new(Gate {
-        policy: loaded.policy,
-        authenticator: RefCell::new(authenticator),
-        proxy_signer: None,
-    })
+    Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
 }
 
 fn allow_all() -> Rc<Gate> {

@@ -3,7 +3,9 @@
 use serde_json::{json, Map, Value};
 
 use crate::identity::Identity;
+use crate::policy::{Mode, Ruling};
 
+use super::observe::{Context, DecisionKind};
 use super::Counters;
 
 /// What an audit event is about; it also decides the metric it counts in.
@@ -25,6 +27,8 @@ pub enum EventKind {
     SubscriptionRevoked,
     /// A newer configuration no longer accepts the connection; it closes.
     ConnectionRevoked,
+    /// The second reading (shadow policy, or the policy in a dry run) decided otherwise.
+    ShadowDiff,
     /// The connection closed.
     ConnectionEnd,
 }
@@ -49,6 +53,7 @@ impl AuditEvent {
             EventKind::Expired => "expired",
             EventKind::SubscriptionRevoked => "subscription_revoked",
             EventKind::ConnectionRevoked => "connection_revoked",
+            EventKind::ShadowDiff => "shadow_diff",
             EventKind::ConnectionEnd => "connection_end",
         };
         let mut object = Map::new();
@@ -68,10 +73,49 @@ impl AuditEvent {
         identity: &Identity,
         rules: &[String],
         policy_version: &str,
+        mode: Mode,
+        shadow: bool,
     ) -> AuditEvent {
         let mut fields = identity_fields(Some(identity), rules);
         fields.insert("policy_version".into(), policy_version.into());
+        fields.insert("mode".into(), mode_name(mode).into());
+        fields.insert("shadow".into(), shadow.into());
         AuditEvent::new(EventKind::ConnectionStart, "", fields)
+    }
+
+    /// The second reading decided otherwise: both decisions and what decided each.
+    pub(crate) fn shadow_diff(
+        op: &'static str,
+        subject: &str,
+        queue: Option<&str>,
+        applied: &Ruling,
+        observed: &Ruling,
+        context: &Context,
+    ) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("op".into(), op.into());
+        if !subject.is_empty() {
+            fields.insert("subject".into(), subject.into());
+        }
+        if let Some(queue) = queue {
+            fields.insert("queue".into(), queue.into());
+        }
+        fields.insert("enforced".into(), ruling_fields(applied));
+        fields.insert("shadow".into(), ruling_fields(observed));
+        fields.insert("mode".into(), mode_name(context.mode).into());
+        match context.identity {
+            Some(identity) => fields.append(&mut identity_fields(Some(identity), &[])),
+            None => {
+                fields.insert("spiffe_id".into(), context.peer_uri_san.into());
+            }
+        }
+        fields.insert("policy_version".into(), context.policy_version.into());
+        let reason = if observed.allowed {
+            "would_allow"
+        } else {
+            "would_deny"
+        };
+        AuditEvent::new(EventKind::ShadowDiff, reason, fields)
     }
 
     /// A newer configuration no longer allows a subscription: it was removed (nats-server's
@@ -131,12 +175,20 @@ impl AuditEvent {
         queue: Option<&str>,
         identity: &Identity,
         rules: &[String],
+        ruling: &Ruling,
     ) -> AuditEvent {
         let mut fields = Map::new();
         fields.insert("op".into(), op.into());
         fields.insert("subject".into(), subject.into());
         if let Some(queue) = queue {
             fields.insert("queue".into(), queue.into());
+        }
+        if let Some(rule) = ruling.rule() {
+            fields.insert("rule".into(), rule.into());
+        }
+        fields.insert("entry".into(), ruling.reason.as_str().into());
+        if let Some(note) = &ruling.nats_server_allows {
+            fields.insert("nats_server".into(), note.as_str().into());
         }
         fields.append(&mut identity_fields(Some(identity), rules));
         let reason = if op == "PUB" {
@@ -174,10 +226,40 @@ impl AuditEvent {
                 "subscribe_denied": totals.subscribe_denied,
                 "deliveries_filtered": totals.deliveries_filtered,
                 "subscriptions_revoked": totals.subscriptions_revoked,
+                "shadow_would_deny": difference_counts(&totals.shadow_would_deny),
+                "shadow_would_allow": difference_counts(&totals.shadow_would_allow),
             }),
         );
         AuditEvent::new(EventKind::ConnectionEnd, "", fields)
     }
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Enforce => "enforce",
+        Mode::DryRun => "dry_run",
+    }
+}
+
+fn ruling_fields(ruling: &Ruling) -> Value {
+    let mut fields = Map::new();
+    fields.insert(
+        "decision".into(),
+        if ruling.allowed { "allow" } else { "deny" }.into(),
+    );
+    if let Some(rule) = ruling.rule() {
+        fields.insert("rule".into(), rule.into());
+    }
+    fields.insert("entry".into(), ruling.reason.as_str().into());
+    Value::Object(fields)
+}
+
+fn difference_counts(counts: &[u64; 4]) -> Value {
+    DecisionKind::ALL
+        .iter()
+        .map(|kind| (kind.name().to_owned(), Value::from(counts[*kind as usize])))
+        .collect::<Map<String, Value>>()
+        .into()
 }
 
 fn identity_fields(identity: Option<&Identity>, rules: &[String]) -> Map<String, Value> {

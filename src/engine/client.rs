@@ -4,12 +4,13 @@
 use std::time::Duration;
 
 use super::handshake::Decision;
+use super::observe::{self, DecisionKind};
 use super::output::Rewrite;
 use super::{
     forward_control_line, AuditEvent, Connection, Forward, HeldHeaders, PayloadFate, PongOwner,
-    Session, State, Verdict, MAX_HELD_HEADERS,
+    State, Verdict, MAX_HELD_HEADERS,
 };
-use crate::policy::SubscribeDecision;
+use crate::policy::{ConnectionPermissions, SubscribeDecision};
 use crate::protocol::{
     publish_violation, subscription_violation, ClientOp, ClientParser, Connect, ControlLine, Item,
     Operation, PayloadPiece, ProtocolError, WholeFrame,
@@ -127,7 +128,7 @@ impl Connection {
                     Ok(()) => forward_control_line(out, line),
                     Err(denied) => {
                         out.drop(line.span.clone());
-                        self.deny_publish(&denied, out);
+                        self.deny_publish(&denied, now, out);
                     }
                 }
             }
@@ -149,6 +150,11 @@ impl Connection {
             ) => self.client_sub(line, subject, queue, sid, out),
             (State::Established(session), ClientOp::Unsub { sid, max_msgs }) => {
                 session.subscriptions.unsubscribe(sid, max_msgs);
+                if let Some(observer) = session.observer.as_deref_mut() {
+                    if !session.subscriptions.contains(sid) {
+                        observer.forget_subscription(sid);
+                    }
+                }
                 forward_control_line(out, line);
             }
             (State::Established(_), ClientOp::Ping) => {
@@ -182,7 +188,7 @@ impl Connection {
             }
         };
         let mut forwarded = Vec::new();
-        let decision = self.authenticate(connect, now, &mut forwarded);
+        let decision = self.authenticate(connect, now, false, &mut forwarded);
         out.insert(&forwarded);
         let Decision::Waiting(connect) = decision else {
             return None;
@@ -220,7 +226,7 @@ impl Connection {
                 Ok(()) => forward_control_line(out, line),
                 Err(denied) => {
                     out.drop(line.span.clone());
-                    self.deny_publish(&denied, out);
+                    self.deny_publish(&denied, now, out);
                 }
             }
         } else if header_len > MAX_HELD_HEADERS {
@@ -253,24 +259,49 @@ impl Connection {
             return;
         };
         let queue_bytes = queue.map(str::as_bytes);
-        match session
+        let decision = session
             .permissions
-            .check_subscribe(subject.as_bytes(), queue_bytes)
-        {
+            .check_subscribe(subject.as_bytes(), queue_bytes);
+        let allowed = decision == SubscribeDecision::Allowed;
+        let observed = self.observe(
+            DecisionKind::Subscribe,
+            subject,
+            queue,
+            allowed,
+            |permissions| {
+                permissions.check_subscribe(subject.as_bytes(), queue_bytes)
+                    == SubscribeDecision::Allowed
+            },
+            |permissions| permissions.explain_subscribe(subject.as_bytes(), queue_bytes),
+        );
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        match decision {
             SubscribeDecision::Allowed => {
                 self.report.counters.subscribe_allowed += 1;
+                if let (Some(observer), false) = (
+                    session.observer.as_deref_mut(),
+                    session.subscriptions.contains(sid),
+                ) {
+                    observer.note_subscription(sid, observed == Some(true));
+                }
                 session.subscriptions.subscribe(sid, subject, queue);
                 forward_control_line(out, line);
             }
             SubscribeDecision::Denied => {
                 self.report.counters.subscribe_denied += 1;
                 let rules = session.permissions.matched_rules();
+                let ruling = session
+                    .permissions
+                    .explain_subscribe(subject.as_bytes(), queue_bytes);
                 self.report.events.push(AuditEvent::denied(
                     "SUB",
                     subject,
                     queue,
                     &session.identity,
                     rules,
+                    &ruling,
                 ));
                 out.drop(line.span.clone());
                 out.insert(b"PING\r\n");
@@ -307,16 +338,23 @@ impl Connection {
 
     /// Answers a denied publish like nats-server: the frame is dropped (its payload too) and
     /// a PING goes upstream whose PONG becomes `Permissions Violation for Publish to "<subject>"`.
-    pub(super) fn deny_publish(&mut self, denied_subject: &str, out: &mut Rewrite) {
+    pub(super) fn deny_publish(&mut self, denied_subject: &str, now: Duration, out: &mut Rewrite) {
         self.report.counters.publish_denied += 1;
         if let State::Established(session) = &self.state {
             let rules = session.permissions.matched_rules();
+            let ruling = observe::settled(
+                session
+                    .permissions
+                    .explain_publish(denied_subject.as_bytes(), now),
+                false,
+            );
             self.report.events.push(AuditEvent::denied(
                 "PUB",
                 denied_subject,
                 None,
                 &session.identity,
                 rules,
+                &ruling,
             ));
         }
         self.client_payload = PayloadFate::Drop;
@@ -362,7 +400,7 @@ impl Connection {
             Ok(()) => out.keep(frame.span),
             Err(denied) => {
                 out.drop(frame.span);
-                self.deny_publish(&denied, out);
+                self.deny_publish(&denied, now, out);
                 // The payload went with the frame.
                 self.client_payload = PayloadFate::Forward;
             }
@@ -384,11 +422,28 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return Err(subject.to_string());
         };
-        let verdict = match headers {
-            None if session.permissions.check_publish(subject.as_bytes(), now) => Ok(()),
-            None => Err(subject.to_string()),
-            Some(headers) => publish_verdict(session, subject, &trace_destinations(headers), now),
-        };
+        let traces = headers.map(trace_destinations);
+        let verdict = publish_verdict(&mut session.permissions, subject, traces.as_ref(), now);
+        if session.observer.is_some() {
+            let observed_refused = std::cell::RefCell::new(None);
+            self.observe(
+                DecisionKind::Publish,
+                subject,
+                None,
+                verdict.is_ok(),
+                |permissions| {
+                    let observed = publish_verdict(permissions, subject, traces.as_ref(), now);
+                    *observed_refused.borrow_mut() = observed.err();
+                    observed_refused.borrow().is_none()
+                },
+                |permissions| {
+                    // The destination one side refused (a trace destination, or the subject).
+                    let refused = verdict.clone().err().or(observed_refused.borrow().clone());
+                    let destination = refused.as_deref().unwrap_or(subject);
+                    permissions.explain_publish(destination.as_bytes(), now)
+                },
+            );
+        }
         if verdict.is_ok() {
             self.report.counters.publish_allowed += 1;
         }
@@ -410,7 +465,7 @@ impl Connection {
         let header_block = &headers.held[headers.line_len..];
         match self.publish_allowed(&headers.subject, Some(header_block), now) {
             Ok(()) => out.insert(&headers.held),
-            Err(denied) => self.deny_publish(&denied, out),
+            Err(denied) => self.deny_publish(&denied, now, out),
         }
     }
 
@@ -433,11 +488,17 @@ impl Connection {
 /// the destinations only natsguard checks. `Err` carries the subject the violation names, so a
 /// frame nats-server would refuse too gets its error word for word.
 fn publish_verdict(
-    session: &mut Session,
+    permissions: &mut ConnectionPermissions,
     subject: &str,
-    traces: &TraceDestinations,
+    traces: Option<&TraceDestinations>,
     now: Duration,
 ) -> Result<(), String> {
+    let Some(traces) = traces else {
+        return match permissions.check_publish(subject.as_bytes(), now) {
+            true => Ok(()),
+            false => Err(subject.to_string()),
+        };
+    };
     let server_order = traces
         .read_by_server
         .iter()
@@ -445,10 +506,7 @@ fn publish_verdict(
         .chain([subject])
         .chain(traces.others.iter().map(String::as_str));
     for destination in server_order {
-        if !session
-            .permissions
-            .check_publish(destination.as_bytes(), now)
-        {
+        if !permissions.check_publish(destination.as_bytes(), now) {
             return Err(destination.to_string());
         }
     }

@@ -5,14 +5,15 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::observe::{admit, compare, Admission, Context, DecisionKind, Observer};
 use super::output::Rewrite;
 use super::subscriptions::Subscriptions;
 use super::{
-    forward_control_line, AuditEvent, Connection, Forward, PongOwner, PresentedToken, Session,
-    State, Verdict, AWAIT_KEYS_TIMEOUT,
+    forward_control_line, AuditEvent, Connection, Forward, Gate, PongOwner, PresentedToken,
+    Session, State, Verdict, AWAIT_KEYS_TIMEOUT,
 };
-use crate::identity::{AuthOutcome, Identity, TokenField};
-use crate::policy::UpstreamCredentials;
+use crate::identity::{Identity, TokenField};
+use crate::policy::{ConnectionPermissions, Mode, Ruling, UpstreamCredentials};
 use crate::protocol::{Connect, ControlLine, Info, ServerOp, AUTHORIZATION_VIOLATION};
 
 impl Connection {
@@ -29,21 +30,15 @@ impl Connection {
             return None;
         };
         let mut out = Vec::new();
-        match self.authenticate(*connect, now, &mut out) {
-            Decision::Waiting(connect) if now.saturating_sub(since) < AWAIT_KEYS_TIMEOUT => {
+        let keys_timed_out = now.saturating_sub(since) >= AWAIT_KEYS_TIMEOUT;
+        match self.authenticate(*connect, now, keys_timed_out, &mut out) {
+            Decision::Waiting(connect) => {
                 self.state = State::AwaitingKeys {
                     connect,
                     since,
                     held,
                 };
                 None
-            }
-            Decision::Waiting(_) => {
-                self.refuse(&mut out, "jwks_unavailable", None);
-                Some(Verdict {
-                    forward: Forward::Replace(out),
-                    close: None,
-                })
             }
             Decision::Refused => Some(Verdict {
                 forward: Forward::Replace(out),
@@ -67,47 +62,128 @@ impl Connection {
 
     /// Decides a CONNECT: authenticates, resolves the permissions, and writes what goes
     /// upstream in its place (the CONNECT without the client's credentials, or a PING that will
-    /// carry the refusal).
+    /// carry the refusal). `keys_timed_out`: the token's provider had no key set in time, which
+    /// refuses the connection. In a dry run nothing is refused and the CONNECT goes as it came;
+    /// a second reading (shadow policy, or the dry run's policy) is compared with the decision.
     pub(super) fn authenticate(
         &mut self,
-        mut connect: Connect,
+        connect: Connect,
         now: Duration,
+        keys_timed_out: bool,
         forwarded: &mut Vec<u8>,
     ) -> Decision {
         let gate = Rc::clone(&self.gate);
-        let (outcome, token) = {
-            let authenticator = gate.authenticator.borrow();
-            let token = authenticator.token_fields().iter().find_map(|field| {
+        let token = gate
+            .authenticator
+            .borrow()
+            .token_fields()
+            .iter()
+            .find_map(|field| {
                 token_of(&connect, *field).map(|value| PresentedToken {
                     field: *field,
                     value: value.into(),
                 })
             });
-            let value = token.as_ref().map(|token| &*token.value);
-            let outcome =
-                authenticator.authenticate(self.peer_uri_san.as_deref(), value, now.as_secs());
-            (outcome, token)
+        let token_value = token.as_ref().map(|token| &*token.value);
+        let uri_san = self.peer_uri_san.clone();
+        let admission = admit(
+            &gate.policy,
+            &gate.authenticator.borrow(),
+            uri_san.as_deref(),
+            token_value,
+            now,
+        );
+        let admitted = match admission {
+            Admission::Accepted {
+                identity,
+                permissions,
+            } => Ok((identity, permissions)),
+            Admission::Refused { reason, identity } => Err((reason, identity)),
+            Admission::Waiting if keys_timed_out => Err(("jwks_unavailable", None)),
+            Admission::Waiting => return Decision::Waiting(Box::new(connect)),
         };
-        let identity = match outcome {
-            AuthOutcome::Authenticated(identity) => *identity,
-            AuthOutcome::AwaitingKeys { .. } => return Decision::Waiting(Box::new(connect)),
-            AuthOutcome::Rejected(rejection) => {
-                self.refuse(forwarded, rejection.reason(), None);
-                return Decision::Refused;
+        if gate.policy.mode() == Mode::DryRun {
+            // Nothing is applied: the policy's decision is only the second reading.
+            let (identity, observer) = match admitted {
+                Ok((identity, permissions)) => (*identity, Observer::new(Some(permissions))),
+                Err((reason, identity)) => {
+                    let mut observer = Observer::new(None);
+                    self.compare_connect(&mut observer, true, reason, identity.as_deref());
+                    (
+                        identity.map(|identity| *identity).unwrap_or_default(),
+                        observer,
+                    )
+                }
+            };
+            let permissions = gate.policy.unrestricted_permissions();
+            self.establish(
+                &gate,
+                connect,
+                identity,
+                permissions,
+                token,
+                Some(observer),
+                forwarded,
+            );
+            return Decision::Accepted;
+        }
+        let second = Observer::of(&gate, uri_san.as_deref(), token_value, now);
+        match admitted {
+            Ok((identity, permissions)) => {
+                let observer = second.map(|mut second| {
+                    if let Some(refusal) = second.refusal {
+                        self.compare_connect(&mut second.observer, true, refusal, Some(&identity));
+                    }
+                    second.observer
+                });
+                self.establish(
+                    &gate,
+                    connect,
+                    *identity,
+                    permissions,
+                    token,
+                    observer,
+                    forwarded,
+                );
+                Decision::Accepted
             }
-        };
-        let Ok(permissions) = gate.policy.resolve(&identity) else {
-            self.refuse(forwarded, "no_matching_rule", Some(&identity));
-            return Decision::Refused;
-        };
-        connect.remove_credentials();
-        match gate.policy.upstream() {
-            Some(UpstreamCredentials::UserPassword { user, pass }) => {
-                connect.set("user", user.as_str());
-                connect.set("pass", pass.as_str());
+            Err((reason, identity)) => {
+                if let Some(mut second) = second.filter(|second| second.refusal.is_none()) {
+                    self.compare_connect(&mut second.observer, false, reason, identity.as_deref());
+                }
+                self.refuse(forwarded, reason, identity.as_deref());
+                Decision::Refused
             }
-            Some(UpstreamCredentials::Token(token)) => connect.set("auth_token", token.as_str()),
-            None => {}
+        }
+    }
+
+    /// The connection is accepted under `permissions`: its CONNECT goes upstream (signed as a
+    /// trusted proxy), and its frames are decided from now on.
+    #[allow(clippy::too_many_arguments)]
+    fn establish(
+        &mut self,
+        gate: &Gate,
+        mut connect: Connect,
+        identity: Identity,
+        permissions: ConnectionPermissions,
+        token: Option<PresentedToken>,
+        observer: Option<Box<Observer>>,
+        forwarded: &mut Vec<u8>,
+    ) {
+        // A dry run forwards the client's own credentials: nats-server authenticates it as
+        // before natsguard was there.
+        if gate.policy.mode() == Mode::Enforce {
+            connect.remove_credentials();
+            match gate.policy.upstream() {
+                Some(UpstreamCredentials::UserPassword { user, pass }) => {
+                    connect.set("user", user.as_str());
+                    connect.set("pass", pass.as_str());
+                }
+                Some(UpstreamCredentials::Token(token)) => {
+                    connect.set("auth_token", token.as_str())
+                }
+                None => {}
+            }
         }
         if let (Some(signer), Some(nonce)) = (&gate.proxy_signer, &self.nonce) {
             connect.set("proxy_sig", signer.sign_nonce(nonce));
@@ -117,6 +193,8 @@ impl Connection {
             &identity,
             permissions.matched_rules(),
             gate.policy.version(),
+            gate.policy.mode(),
+            gate.policy.shadow().is_some(),
         ));
         self.state = State::Established(Box::new(Session {
             valid_until: identity.valid_until(),
@@ -129,8 +207,51 @@ impl Connection {
             permissions,
             verify_again_by: None,
             subscriptions: Subscriptions::default(),
+            observer,
         }));
-        Decision::Accepted
+    }
+
+    /// The connection's admission under both readings, when they differ.
+    pub(super) fn compare_connect(
+        &mut self,
+        observer: &mut Observer,
+        applied: bool,
+        reason: &'static str,
+        identity: Option<&Identity>,
+    ) {
+        let ruling = |allowed: bool, text: &str| Ruling {
+            allowed,
+            entry: None,
+            reason: text.to_owned(),
+            nats_server_allows: None,
+        };
+        let (applied_ruling, observed_ruling) = if applied {
+            let applied_text = if self.gate.policy.mode() == Mode::DryRun {
+                "dry run: nothing is enforced"
+            } else {
+                "accepted"
+            };
+            (ruling(true, applied_text), ruling(false, reason))
+        } else {
+            (ruling(false, reason), ruling(true, "accepted"))
+        };
+        let context = Context {
+            identity,
+            peer_uri_san: self.peer_uri_san.as_deref(),
+            mode: self.gate.policy.mode(),
+            policy_version: self.gate.policy.version(),
+        };
+        compare(
+            &mut observer.reported,
+            DecisionKind::Connect,
+            "",
+            None,
+            applied,
+            !applied,
+            || (applied_ruling, observed_ruling),
+            &context,
+            &mut self.report,
+        );
     }
 
     /// Refuses the connection with `Authorization Violation`: a PING goes upstream in place

@@ -14,6 +14,7 @@
 mod audit;
 mod client;
 mod handshake;
+mod observe;
 mod output;
 mod reload;
 mod server;
@@ -23,7 +24,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::identity::{Authenticator, Identity, ProxySigner, TokenField};
+use crate::identity::{Authenticator, ConfigIssue, Identity, ProxySigner, TokenField};
 use crate::policy::{ConnectionPermissions, Policy};
 use crate::protocol::{
     ClientParser, Connect, ControlLine, Limits, Operation, ServerParser,
@@ -32,6 +33,7 @@ use crate::protocol::{
 use subscriptions::Subscriptions;
 
 pub use audit::{AuditEvent, EventKind};
+pub use observe::DecisionKind;
 pub use output::Forward;
 use output::Rewrite;
 
@@ -53,7 +55,69 @@ pub const EXPIRY_GRACE: Duration = Duration::from_secs(2);
 pub struct Gate {
     pub policy: Policy,
     pub authenticator: std::cell::RefCell<Authenticator>,
+    /// The shadow policy's, when its identity configuration is its own.
+    pub shadow_authenticator: Option<std::cell::RefCell<Authenticator>>,
     pub proxy_signer: Option<ProxySigner>,
+}
+
+impl Gate {
+    /// Loads a configuration exactly as the filter does: the policy, then the trusted-proxy
+    /// seed. `seed_env` reads `trusted_proxy.seed_env`'s variable: `Ok(None)` leaves the seed
+    /// unchecked and the gate without a signer (the `natsguard` command, outside Envoy).
+    /// Returns the gate and the warnings to report; an error is one line with the JSON path.
+    pub fn load(
+        json: &str,
+        seed_env: &dyn Fn(&str) -> Result<Option<String>, String>,
+    ) -> Result<(Gate, Vec<crate::policy::Warning>), String> {
+        use crate::policy::TrustedProxySeed;
+        let loaded = crate::policy::load(json).map_err(|error| error.to_string())?;
+        let proxy_signer = match loaded.policy.trusted_proxy() {
+            None => None,
+            Some(TrustedProxySeed::Seed(seed)) => Some(
+                ProxySigner::from_seed(seed)
+                    .map_err(|e| format!("trusted_proxy.seed: {}", e.reason()))?,
+            ),
+            Some(TrustedProxySeed::Env(name)) => match seed_env(name)? {
+                None => None,
+                Some(seed) => Some(
+                    ProxySigner::from_seed(seed.trim())
+                        .map_err(|e| format!("trusted_proxy.seed_env: {}", e.reason()))?,
+                ),
+            },
+        };
+        let gate = Gate::new(loaded.policy, proxy_signer)
+            .map_err(|issue| format!("identity.{}: {}", issue.path, issue.reason))?;
+        Ok((gate, loaded.warnings))
+    }
+
+    /// A compiled policy with its authenticators (its remote key sets start empty).
+    pub fn new(policy: Policy, proxy_signer: Option<ProxySigner>) -> Result<Gate, ConfigIssue> {
+        let authenticator = Authenticator::new(policy.identity_config())?;
+        let shadow_authenticator = match policy.shadow() {
+            Some(shadow) if shadow.identity_config() != policy.identity_config() => Some(
+                std::cell::RefCell::new(Authenticator::new(shadow.identity_config())?),
+            ),
+            _ => None,
+        };
+        Ok(Gate {
+            policy,
+            authenticator: std::cell::RefCell::new(authenticator),
+            shadow_authenticator,
+            proxy_signer,
+        })
+    }
+
+    /// Every authenticator of the gate: the remote key sets to fetch are theirs.
+    pub fn authenticators(&self) -> impl Iterator<Item = &std::cell::RefCell<Authenticator>> {
+        std::iter::once(&self.authenticator).chain(&self.shadow_authenticator)
+    }
+
+    /// The authenticator of the shadow policy (its own, or the enforced one's).
+    fn shadow_authenticator(&self) -> &std::cell::RefCell<Authenticator> {
+        self.shadow_authenticator
+            .as_ref()
+            .unwrap_or(&self.authenticator)
+    }
 }
 
 /// When the connection must close.
@@ -87,6 +151,11 @@ pub struct Counters {
     pub subscriptions_revoked: u64,
     /// The connection was refused by a newer configuration.
     pub revoked: u64,
+    /// Decisions the second reading (shadow policy, or the policy in a dry run) would have
+    /// denied where the applied one allowed, by [`DecisionKind`].
+    pub shadow_would_deny: [u64; 4],
+    /// And would have allowed where the applied one denied.
+    pub shadow_would_allow: [u64; 4],
 }
 
 impl Counters {
@@ -100,6 +169,12 @@ impl Counters {
             reevaluated: self.reevaluated + other.reevaluated,
             subscriptions_revoked: self.subscriptions_revoked + other.subscriptions_revoked,
             revoked: self.revoked + other.revoked,
+            shadow_would_deny: std::array::from_fn(|kind| {
+                self.shadow_would_deny[kind] + other.shadow_would_deny[kind]
+            }),
+            shadow_would_allow: std::array::from_fn(|kind| {
+                self.shadow_would_allow[kind] + other.shadow_would_allow[kind]
+            }),
         }
     }
 }
@@ -163,6 +238,8 @@ struct Session {
     /// token again until then (the connection is refused at this deadline).
     verify_again_by: Option<Duration>,
     subscriptions: Subscriptions,
+    /// The second reading of the connection's decisions (shadow policy, dry run).
+    observer: Option<Box<observe::Observer>>,
 }
 
 struct PresentedToken {
@@ -279,6 +356,66 @@ impl Connection {
         self.gate.policy.version()
     }
 
+    /// The second reading of a frame decision, compared with `applied` (see [`observe`]):
+    /// `observe` makes it with the second reading's permissions, `explain` explains a decision
+    /// with either side's (only when they differ). The second reading's decision, `None`
+    /// without one.
+    fn observe(
+        &mut self,
+        kind: DecisionKind,
+        subject: &str,
+        queue: Option<&str>,
+        applied: bool,
+        observe: impl FnOnce(&mut ConnectionPermissions) -> bool,
+        explain: impl Fn(&ConnectionPermissions) -> crate::policy::Ruling,
+    ) -> Option<bool> {
+        let State::Established(session) = &mut self.state else {
+            return None;
+        };
+        let Session {
+            permissions,
+            observer,
+            identity,
+            ..
+        } = &mut **session;
+        let observe::Observer {
+            permissions: Some(observed_permissions),
+            reported,
+            ..
+        } = observer.as_deref_mut()?
+        else {
+            return None;
+        };
+        let observed = observe(observed_permissions);
+        let mode = self.gate.policy.mode();
+        let context = observe::Context {
+            identity: Some(identity),
+            peer_uri_san: self.peer_uri_san.as_deref(),
+            mode,
+            policy_version: self.gate.policy.version(),
+        };
+        let explain_both = || {
+            let applied_ruling = match mode {
+                crate::policy::Mode::DryRun => observe::dry_run_ruling(),
+                crate::policy::Mode::Enforce => observe::settled(explain(permissions), applied),
+            };
+            let observed_ruling = observe::settled(explain(observed_permissions), observed);
+            (applied_ruling, observed_ruling)
+        };
+        observe::compare(
+            reported,
+            kind,
+            subject,
+            queue,
+            applied,
+            observed,
+            explain_both,
+            &context,
+            &mut self.report,
+        );
+        Some(observed)
+    }
+
     /// Whether the connection was created under, or adopted, this configuration.
     pub fn is_decided_by(&self, gate: &Rc<Gate>) -> bool {
         Rc::ptr_eq(&self.gate, gate)
@@ -358,20 +495,34 @@ impl Connection {
     }
 
     fn expire_if_due(&mut self, now: Duration) {
-        if let State::Established(session) = &self.state {
-            if session
-                .valid_until
-                .is_some_and(|until| now.as_secs() >= until)
-            {
-                self.report
-                    .events
-                    .push(AuditEvent::expired(&session.identity));
-                self.state = State::MustClose {
-                    since: now,
-                    error: USER_AUTHENTICATION_EXPIRED,
-                };
-            }
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        if session
+            .valid_until
+            .is_none_or(|until| now.as_secs() < until)
+        {
+            return;
         }
+        if self.gate.policy.mode() == crate::policy::Mode::DryRun {
+            // Reported as the refusal it would be; the connection stays.
+            session.valid_until = None;
+            let identity = session.identity.clone();
+            if let Some(mut observer) = session.observer.take() {
+                self.compare_connect(&mut observer, true, "jwt_expired", Some(&identity));
+                if let State::Established(session) = &mut self.state {
+                    session.observer = Some(observer);
+                }
+            }
+            return;
+        }
+        self.report
+            .events
+            .push(AuditEvent::expired(&session.identity));
+        self.state = State::MustClose {
+            since: now,
+            error: USER_AUTHENTICATION_EXPIRED,
+        };
     }
 
     /// Server → client bytes.

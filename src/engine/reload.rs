@@ -19,9 +19,10 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use super::observe::{DecisionKind, Observer};
 use super::{AuditEvent, Connection, Gate, State, AWAIT_KEYS_TIMEOUT};
 use crate::identity::{AuthOutcome, Identity};
-use crate::policy::SubscribeDecision;
+use crate::policy::{Mode, SubscribeDecision};
 use crate::protocol::{reload_subscription_violation, AUTHORIZATION_VIOLATION};
 
 impl Connection {
@@ -36,16 +37,30 @@ impl Connection {
             return;
         }
         self.report.counters.reevaluated += 1;
+        match self.gate.policy.mode() {
+            Mode::Enforce => {
+                if !self.enforce_again(now) {
+                    return;
+                }
+            }
+            Mode::DryRun => self.release(now),
+        }
+        self.read_again(now);
+    }
+
+    /// The new configuration enforces: identity, permissions and subscriptions are decided
+    /// again. `false` when it refuses the connection.
+    fn enforce_again(&mut self, now: Duration) -> bool {
         let Some(identity) = self.verify_identity_again(now) else {
-            return;
+            return false;
         };
         let State::Established(session) = &mut self.state else {
-            return;
+            return false;
         };
         let version = self.gate.policy.version();
         let Ok(permissions) = self.gate.policy.resolve(&identity) else {
             self.revoke("no_matching_rule", now);
-            return;
+            return false;
         };
         session.valid_until = identity.valid_until();
         session.identity = identity;
@@ -81,6 +96,80 @@ impl Connection {
             ));
             self.report.counters.subscriptions_revoked += 1;
             self.pending.unsubscribe.push(sid);
+        }
+        true
+    }
+
+    /// The new configuration is a dry run: nothing is enforced on the connection from now on
+    /// (it keeps its upstream credentials; a pending key wait ends).
+    fn release(&mut self, now: Duration) {
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        let outcome = {
+            let authenticator = self.gate.authenticator.borrow();
+            let token = session.token.as_ref().map(|token| &*token.value);
+            authenticator.authenticate(self.peer_uri_san.as_deref(), token, now.as_secs())
+        };
+        if let AuthOutcome::Authenticated(identity) = outcome {
+            session.identity = *identity;
+        }
+        session.valid_until = None;
+        session.verify_again_by = None;
+        session.permissions = self.gate.policy.unrestricted_permissions();
+    }
+
+    /// The second reading under the new configuration (its shadow policy, or the dry run's
+    /// policy): what it says of the connection and of each open subscription, compared with
+    /// what is applied now (both allow them: they are open).
+    fn read_again(&mut self, now: Duration) {
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        let token = session.token.as_ref().map(|token| token.value.clone());
+        session.observer = None;
+        let uri_san = self.peer_uri_san.clone();
+        let Some(mut second) = Observer::of(&self.gate, uri_san.as_deref(), token.as_deref(), now)
+        else {
+            return;
+        };
+        if let Some(refusal) = second.refusal {
+            let identity = self.identity().cloned();
+            self.compare_connect(&mut second.observer, true, refusal, identity.as_ref());
+        }
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        session.observer = Some(second.observer);
+        // (sid, subject, queue) of each open subscription.
+        type Open = (Box<str>, Box<str>, Option<Box<str>>);
+        let open: Vec<Open> = session
+            .subscriptions
+            .iter()
+            .filter(|(sid, _)| !session.subscriptions.is_revoked(sid))
+            .map(|(sid, subscription)| {
+                let queue = subscription.queue.clone();
+                (sid.into(), subscription.subject.clone(), queue)
+            })
+            .collect();
+        for (sid, subject, queue) in open {
+            let queue_bytes = queue.as_deref().map(str::as_bytes);
+            let accepted = self.observe(
+                DecisionKind::Subscribe,
+                &subject,
+                queue.as_deref(),
+                true,
+                |permissions| {
+                    permissions.check_subscribe(subject.as_bytes(), queue_bytes)
+                        == SubscribeDecision::Allowed
+                },
+                |permissions| permissions.explain_subscribe(subject.as_bytes(), queue_bytes),
+            );
+            if let (State::Established(session), Some(accepted)) = (&mut self.state, accepted) {
+                if let Some(observer) = session.observer.as_deref_mut() {
+                    observer.note_subscription(&sid, accepted);
+                }
+            }
         }
     }
 

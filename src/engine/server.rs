@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::observe::DecisionKind;
 use super::output::Rewrite;
 use super::{
     forward_control_line, AuditEvent, Close, Connection, Forward, PayloadFate, PongOwner, State,
@@ -183,14 +184,49 @@ impl Connection {
         }
         // nats-server counted this delivery toward the sid's UNSUB max when it sent it.
         session.subscriptions.count_delivery(sid);
-        if session.permissions.may_filter_deliveries() {
-            let queue = session.subscriptions.queue_of(sid);
-            let deliver = session
+        let filters = session.permissions.may_filter_deliveries();
+        let observed = session
+            .observer
+            .as_deref()
+            .is_some_and(|observer| observer.reads_deliveries_of(sid));
+        if !(filters || observed) {
+            if let Some(reply) = reply {
+                session
+                    .permissions
+                    .record_delivered_reply(reply.as_bytes(), now);
+            }
+            return true;
+        }
+        let queue = session.subscriptions.queue_of(sid);
+        let deliver = !filters
+            || session
                 .permissions
                 .should_deliver(subject.as_bytes(), queue.map(str::as_bytes));
-            if !deliver {
-                return false;
-            }
+        if observed {
+            // The observer's reading needs `self`: the queue name is copied for it.
+            let queue: Option<Box<str>> = queue.map(Into::into);
+            let queue = queue.as_deref();
+            let queue_bytes = queue.map(str::as_bytes);
+            self.observe(
+                DecisionKind::Deliver,
+                subject,
+                queue,
+                deliver,
+                |permissions| {
+                    let delivers = permissions.should_deliver(subject.as_bytes(), queue_bytes);
+                    if let (true, Some(reply)) = (delivers, reply) {
+                        permissions.record_delivered_reply(reply.as_bytes(), now);
+                    }
+                    delivers
+                },
+                |permissions| permissions.explain_delivery(subject.as_bytes(), queue_bytes),
+            );
+        }
+        let State::Established(session) = &mut self.state else {
+            return false;
+        };
+        if !deliver {
+            return false;
         }
         if let Some(reply) = reply {
             session

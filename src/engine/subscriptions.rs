@@ -92,6 +92,10 @@ impl Subscriptions {
         }
     }
 
+    pub(super) fn contains(&self, sid: &str) -> bool {
+        self.by_sid.contains_key(sid)
+    }
+
     pub(super) fn queue_of(&self, sid: &str) -> Option<&str> {
         self.by_sid.get(sid)?.queue.as_deref()
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use proxy_wasm::types::MetricType;
 
-use crate::engine::Counters;
+use crate::engine::{Counters, DecisionKind};
 
 thread_local! {
     static IDS: RefCell<BTreeMap<String, u32>> = const { RefCell::new(BTreeMap::new()) };
@@ -68,4 +68,22 @@ pub fn count_frames(counters: &Counters) {
     add("connections_reevaluated", counters.reevaluated);
     add("subscriptions_revoked", counters.subscriptions_revoked);
     add("connections_revoked", counters.revoked);
+    // Names fixed per kind: metrics are counted per chunk, without formatting.
+    const WOULD_DENY: [&str; 4] = [
+        "shadow.would_deny.connect",
+        "shadow.would_deny.publish",
+        "shadow.would_deny.subscribe",
+        "shadow.would_deny.deliver",
+    ];
+    const WOULD_ALLOW: [&str; 4] = [
+        "shadow.would_allow.connect",
+        "shadow.would_allow.publish",
+        "shadow.would_allow.subscribe",
+        "shadow.would_allow.deliver",
+    ];
+    for kind in DecisionKind::ALL {
+        let index = kind as usize;
+        add(WOULD_DENY[index], counters.shadow_would_deny[index]);
+        add(WOULD_ALLOW[index], counters.shadow_would_allow[index]);
+    }
 }

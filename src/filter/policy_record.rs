@@ -9,18 +9,32 @@ fn key(plugin_name: &str, root_id: &str) -> String {
     format!("natsguard.policy.{plugin_name}.{root_id}.version")
 }
 
-/// Records `version` as the plugin's configuration; true when it replaced another one (an
-/// update counts once per Envoy, not once per VM that configures it).
-pub fn record(plugin_name: &str, root_id: &str, version: &str) -> bool {
+/// What recording a configuration found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Another VM recorded this configuration already.
+    Already,
+    /// The plugin's first configuration in this Envoy.
+    First,
+    /// It replaced another one: an update, counted once per Envoy, not once per VM.
+    Replaced,
+}
+
+/// Records `version` as the plugin's configuration.
+pub fn record(plugin_name: &str, root_id: &str, version: &str) -> Recorded {
     let key = key(plugin_name, root_id);
     let Ok((recorded, cas)) = get_shared_data(&key) else {
-        return false;
+        return Recorded::Already;
     };
     if recorded.as_deref() == Some(version.as_bytes()) {
-        return false;
+        return Recorded::Already;
     }
-    // A lost race means another VM recorded (and counted) this very update.
-    set_shared_data(&key, Some(version.as_bytes()), cas).is_ok() && recorded.is_some()
+    match set_shared_data(&key, Some(version.as_bytes()), cas) {
+        // A lost race means another VM recorded this very configuration.
+        Err(_) => Recorded::Already,
+        Ok(()) if recorded.is_some() => Recorded::Replaced,
+        Ok(()) => Recorded::First,
+    }
 }
 
 /// The configuration recorded last for the plugin.

@@ -28,12 +28,13 @@ use proxy_wasm::traits::{Context, RootContext, StreamContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 
 use super::{
-    host, log, metrics, now, policy_record, publish, record_policy_version, release_held,
-    shared_jwks, Stream,
+    host, log, metrics, now,
+    policy_record::{self, Recorded},
+    publish, record_policy_version, release_held, shared_jwks, Stream,
 };
 use crate::engine::{Close, Connection, Gate};
-use crate::identity::{Authenticator, ProxySigner, RemoteJwksConfig};
-use crate::policy::{self, TrustedProxySeed};
+use crate::identity::RemoteJwksConfig;
+use crate::policy;
 
 /// The VM's tick: deferred closes, token expiry, JWKS refresh, configuration changes.
 const TICK: Duration = Duration::from_millis(50);
@@ -72,7 +73,7 @@ impl Plugin {
 struct Configured {
     plugin: Rc<Plugin>,
     gate: Rc<Gate>,
-    /// Version of each provider's shared JWKS document applied to `gate`.
+    /// Version of each source's shared JWKS document applied to `gate`.
     applied_jwks: BTreeMap<String, u32>,
 }
 
@@ -95,7 +96,7 @@ thread_local! {
     static PENDING_CLOSES: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
     /// In-flight JWKS fetches (all dispatched by the ticker): call token → root context and
     /// provider they fetch for.
-    static FETCHES: RefCell<BTreeMap<u32, (u32, String)>> = const { RefCell::new(BTreeMap::new()) };
+    static FETCHES: RefCell<BTreeMap<u32, (u32, String, RemoteJwksConfig)>> = const { RefCell::new(BTreeMap::new()) };
 }
 
 /// Closes the connection once the callback that wrote its last bytes returned.
@@ -133,35 +134,14 @@ fn connections_of(plugin: &Plugin) -> Vec<(u32, Rc<RefCell<Connection>>)> {
     })
 }
 
-fn load(configuration: &[u8]) -> Result<Gate, String> {
+/// The gate of a configuration, and the lint warnings to log about it.
+fn load(configuration: &[u8]) -> Result<(Gate, Vec<policy::Warning>), String> {
     let json =
         std::str::from_utf8(configuration).map_err(|_| "configuration is not UTF-8".to_string())?;
-    let loaded = policy::load(json).map_err(|error| error.to_string())?;
-    for warning in &loaded.warnings {
-        log(LogLevel::Warn, &format!("natsguard: {warning}"));
-    }
-    let authenticator = Authenticator::new(loaded.policy.identity_config())
-        .map_err(|issue| format!("identity.{}: {}", issue.path, issue.reason))?;
-    let proxy_signer = match loaded.policy.trusted_proxy() {
-        None => None,
-        Some(TrustedProxySeed::Seed(seed)) => Some(
-            ProxySigner::from_seed(seed)
-                .map_err(|e| format!("trusted_proxy.seed: {}", e.reason()))?,
-        ),
-        Some(TrustedProxySeed::Env(name)) => {
-            let seed = std::env::var(name).map_err(|_| {
-                format!("trusted_proxy.seed_env: environment variable {name} is not set for the VM")
-            })?;
-            Some(
-                ProxySigner::from_seed(seed.trim())
-                    .map_err(|e| format!("trusted_proxy.seed_env: {}", e.reason()))?,
-            )
-        }
-    };
-    Ok(Gate {
-        policy: loaded.policy,
-        authenticator: RefCell::new(authenticator),
-        proxy_signer,
+    Gate::load(json, &|name| {
+        std::env::var(name).map(Some).map_err(|_| {
+            format!("trusted_proxy.seed_env: environment variable {name} is not set for the VM")
+        })
     })
 }
 
@@ -251,6 +231,45 @@ fn orphaned_plugins() -> Vec<u32> {
     })
 }
 
+/// The remote key sets a configuration fetches (its shadow policy's included), once each.
+fn remote_sources(gate: &Gate) -> Vec<(String, RemoteJwksConfig)> {
+    let mut sources: Vec<(String, RemoteJwksConfig)> = Vec::new();
+    for authenticator in gate.authenticators() {
+        for (provider, source) in authenticator.borrow().remote_jwks_sources() {
+            if !sources.iter().any(|(p, s)| p == provider && s == source) {
+                sources.push((provider.to_string(), source.clone()));
+            }
+        }
+    }
+    sources
+}
+
+/// Applies a fetched key set to every authenticator of `gate` that takes `provider` from
+/// `source`; the first error when one refuses it (its last good keys stay).
+fn apply_jwks(
+    gate: &Gate,
+    provider: &str,
+    source: &RemoteJwksConfig,
+    document: &[u8],
+) -> Result<(), String> {
+    let mut result = Ok(());
+    for authenticator in gate.authenticators() {
+        let fetches_it = authenticator
+            .borrow()
+            .remote_jwks_sources()
+            .into_iter()
+            .any(|(p, s)| p == provider && s == source);
+        if fetches_it {
+            let applied = authenticator
+                .borrow_mut()
+                .update_remote_jwks(provider, document, now().as_secs())
+                .map_err(|e| e.to_string());
+            result = result.and(applied);
+        }
+    }
+    result
+}
+
 /// Applies JWKS documents any VM fetched (under this or an earlier configuration) from the
 /// same source to root context `root`'s configuration.
 fn adopt_shared_jwks(root: u32) {
@@ -259,30 +278,26 @@ fn adopt_shared_jwks(root: u32) {
         let Some(configured) = configured.get_mut(&root) else {
             return;
         };
-        let sources: Vec<(String, RemoteJwksConfig)> = configured
-            .gate
-            .authenticator
-            .borrow()
-            .remote_jwks_sources()
-            .into_iter()
-            .map(|(provider, source)| (provider.to_string(), source.clone()))
-            .collect();
-        for (provider, source) in sources {
-            let seen = configured.applied_jwks.get(&provider).copied();
+        for (provider, source) in remote_sources(&configured.gate) {
+            let key = applied_key(&provider, &source);
+            let seen = configured.applied_jwks.get(&key).copied();
             let Some((document, version)) = shared_jwks::newer_than(&provider, &source, seen)
             else {
                 continue;
             };
-            configured.applied_jwks.insert(provider.clone(), version);
+            configured.applied_jwks.insert(key, version);
             // Only good documents are published, so this cannot fail on a document another VM
             // accepted; if it does, the last good keys stay.
-            let _ = configured
-                .gate
-                .authenticator
-                .borrow_mut()
-                .update_remote_jwks(&provider, &document, now().as_secs());
+            let _ = apply_jwks(&configured.gate, &provider, &source, &document);
         }
     });
+}
+
+fn applied_key(provider: &str, source: &RemoteJwksConfig) -> String {
+    format!(
+        "{provider}\n{}\n{}\n{}",
+        source.cluster, source.authority, source.path
+    )
 }
 
 /// Retries of `plugin`'s connections waiting for keys; on a tick also expiries and tokens
@@ -323,31 +338,29 @@ impl Root {
             CURRENT.with(|current| current.borrow().values().copied().collect());
         for root in current {
             let Some(gate) = gate_of(root) else { continue };
-            let due: Vec<(String, RemoteJwksConfig)> = {
-                let authenticator = gate.authenticator.borrow();
-                let sources: BTreeMap<&str, &RemoteJwksConfig> =
-                    authenticator.remote_jwks_sources().into_iter().collect();
-                authenticator
-                    .remote_jwks_due(now.as_secs())
-                    .into_iter()
-                    .filter(|provider| {
-                        FETCHES.with(|fetches| {
-                            !fetches
-                                .borrow()
-                                .values()
-                                .any(|(owner, p)| *owner == root && p == provider)
-                        })
-                    })
-                    .filter_map(|provider| {
-                        sources
-                            .get(provider)
-                            .map(|source| (provider.to_string(), (*source).clone()))
-                    })
-                    .filter(|(provider, source)| {
-                        shared_jwks::take_lease(provider, source, now, JWKS_FETCH_TIMEOUT + TICK)
-                    })
-                    .collect()
-            };
+            let mut due: Vec<(String, RemoteJwksConfig)> = Vec::new();
+            for authenticator in gate.authenticators() {
+                let authenticator = authenticator.borrow();
+                let sources = authenticator.remote_jwks_sources();
+                for provider in authenticator.remote_jwks_due(now.as_secs()) {
+                    let Some((_, source)) = sources.iter().find(|(p, _)| *p == provider) else {
+                        continue;
+                    };
+                    let fetching = FETCHES.with(|fetches| {
+                        fetches
+                            .borrow()
+                            .values()
+                            .any(|(owner, p, s)| *owner == root && p == provider && s == *source)
+                    });
+                    let listed = due.iter().any(|(p, s)| p == provider && s == *source);
+                    if !fetching
+                        && !listed
+                        && shared_jwks::take_lease(provider, source, now, JWKS_FETCH_TIMEOUT + TICK)
+                    {
+                        due.push((provider.to_string(), (*source).clone()));
+                    }
+                }
+            }
             for (provider, source) in due {
                 let headers = vec![
                     (":method", "GET"),
@@ -362,8 +375,9 @@ impl Root {
                     JWKS_FETCH_TIMEOUT,
                 ) {
                     Ok(token) => {
-                        FETCHES
-                            .with(|fetches| fetches.borrow_mut().insert(token, (root, provider)));
+                        FETCHES.with(|fetches| {
+                            fetches.borrow_mut().insert(token, (root, provider, source))
+                        });
                     }
                     Err(status) => {
                         metrics::count("jwks_refresh_failed");
@@ -384,7 +398,8 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some((root, provider)) = FETCHES.with(|fetches| fetches.borrow_mut().remove(&token))
+        let Some((root, provider, source)) =
+            FETCHES.with(|fetches| fetches.borrow_mut().remove(&token))
         else {
             return;
         };
@@ -397,19 +412,8 @@ impl Context for Root {
         let body = self
             .get_http_call_response_body(0, body_size)
             .unwrap_or_default();
-        let source = gate
-            .authenticator
-            .borrow()
-            .remote_jwks_sources()
-            .into_iter()
-            .find(|(name, _)| *name == provider)
-            .map(|(_, source)| source.clone());
-        let Some(source) = source else { return };
         let result = if status == "200" {
-            gate.authenticator
-                .borrow_mut()
-                .update_remote_jwks(&provider, &body, now().as_secs())
-                .map_err(|e| e.to_string())
+            apply_jwks(&gate, &provider, &source, &body)
         } else {
             Err(format!("HTTP status {status}"))
         };
@@ -418,7 +422,9 @@ impl Context for Root {
                 if let Some(version) = shared_jwks::publish(&provider, &source, &body) {
                     CONFIGURED.with(|configured| {
                         if let Some(configured) = configured.borrow_mut().get_mut(&root) {
-                            configured.applied_jwks.insert(provider.clone(), version);
+                            configured
+                                .applied_jwks
+                                .insert(applied_key(&provider, &source), version);
                         }
                     });
                 }
@@ -444,8 +450,8 @@ impl Context for Root {
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
         let configuration = self.get_plugin_configuration().unwrap_or_default();
-        let gate = match load(&configuration) {
-            Ok(gate) => Rc::new(gate),
+        let (gate, warnings) = match load(&configuration) {
+            Ok((gate, warnings)) => (Rc::new(gate), warnings),
             Err(reason) => {
                 // Returning false rejects the configuration: Envoy refuses traffic on the
                 // listener at start, and keeps the last good configuration on an update.
@@ -457,8 +463,15 @@ impl RootContext for Root {
             }
         };
         let plugin = Rc::new(Plugin::of_current_root());
-        if policy_record::record(&plugin.name, &plugin.root_id, gate.policy.version()) {
+        let recorded = policy_record::record(&plugin.name, &plugin.root_id, gate.policy.version());
+        if recorded == Recorded::Replaced {
             metrics::count("policy_updates");
+        }
+        // Said once per Envoy, by the VM that recorded the configuration first.
+        if recorded != Recorded::Already {
+            for warning in &warnings {
+                log(LogLevel::Warn, &format!("natsguard: {warning}"));
+            }
         }
         CONFIGURED.with(|configured| {
             configured.borrow_mut().insert(

@@ -1,11 +1,9 @@
 //! Host tests of the connection engine: every verdict is checked on the bytes it produces.
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::Duration;
 
 use super::*;
-use crate::identity::Authenticator;
 use crate::policy;
 use crate::protocol::AUTHORIZATION_VIOLATION;
 
@@ -16,13 +14,7 @@ const INFO: &[u8] =
 
 fn gate(policy_json: &str) -> Rc<Gate> {
     let loaded = policy::load(policy_json).expect("valid policy");
-    let authenticator =
-        Authenticator::new(loaded.policy.identity_config()).expect("identity config");
-    Rc::new(Gate {
-        policy: loaded.policy,
-        authenticator: RefCell::new(authenticator),
-        proxy_signer: None,
-    })
+    Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
 }
 
 fn billing_policy() -> Rc<Gate> {
@@ -473,4 +465,5 @@ fn the_end_of_a_connection_counts_everything_and_leaves_pending_counters_for_met
     assert_eq!((pending.publish_allowed, pending.publish_denied), (1, 1));
 }
 
+mod observe;
 mod reload;
