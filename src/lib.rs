@@ -7,6 +7,8 @@
 //! Dependencies point down: `filter` → `engine` → {`protocol`, `policy`, `identity`}.
 
 #[cfg(not(target_arch = "wasm32"))]
+pub mod command;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod ecds;
 pub mod engine;
 pub mod identity;

@@ -1,0 +1,86 @@
+//! `natsguard check`: every natsguard configuration in a file, loaded with the filter's own
+//! loader ([`Gate::load`]: the same errors, at the same JSON paths) and linted
+//! ([`crate::policy::Warning`]: the warnings the filter logs at load).
+
+use super::source::{configurations, Found};
+use crate::engine::Gate;
+
+/// What checking one file found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// One line per configuration, warning and note (for standard output).
+    pub lines: Vec<String>,
+    /// One line per error (for standard error).
+    pub errors: Vec<String>,
+    pub warnings: usize,
+}
+
+/// Checks the configurations in `text`, read from `name`. `environment` reads a variable
+/// `trusted_proxy.seed_env` names; unset, the seed is left unchecked (Envoy's process has its
+/// own environment) and a note says so.
+pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String>) -> Checked {
+    let mut checked = Checked::default();
+    let found = match configurations(text) {
+        Ok(found) => found,
+        Err(reason) => {
+            checked.errors.push(format!("{name}: error: {reason}"));
+            return checked;
+        }
+    };
+    for Found { location, json } in found {
+        let at = match location.as_str() {
+            "" => name.to_owned(),
+            location => format!("{name} ({location})"),
+        };
+        let unchecked_seed = std::cell::RefCell::new(None);
+        let loaded = Gate::load(&json, &|variable| {
+            let value = environment(variable);
+            if value.is_none() {
+                *unchecked_seed.borrow_mut() = Some(variable.to_owned());
+            }
+            Ok(value)
+        });
+        match loaded {
+            Ok((gate, warnings)) => {
+                let policy = &gate.policy;
+                let mode = match policy.mode() {
+                    crate::policy::Mode::Enforce => "enforce",
+                    crate::policy::Mode::DryRun => "dry_run",
+                };
+                let rules = counted(policy.rule_names().count(), "rule");
+                let shadow = match policy.shadow() {
+                    Some(shadow) => {
+                        format!(
+                            ", shadow of {}",
+                            counted(shadow.rule_names().count(), "rule")
+                        )
+                    }
+                    None => String::new(),
+                };
+                checked.lines.push(format!(
+                    "{at}: valid: policy version {}, mode {mode}, {rules}{shadow}",
+                    policy.version()
+                ));
+                for warning in &warnings {
+                    checked.lines.push(format!("{at}: warning: {warning}"));
+                }
+                checked.warnings += warnings.len();
+                if let Some(variable) = unchecked_seed.into_inner() {
+                    checked.lines.push(format!(
+                        "{at}: note: trusted_proxy.seed_env: {variable} is not set here; the filter reads it from Envoy's environment at load (an unset or invalid seed rejects the configuration there)"
+                    ));
+                }
+            }
+            Err(reason) => checked.errors.push(format!("{at}: error: {reason}")),
+        }
+    }
+    checked
+}
+
+/// `1 rule`, `2 rules`.
+pub fn counted(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        _ => format!("{count} {noun}s"),
+    }
+}
