@@ -1,8 +1,10 @@
 //! The connection engine per frame, as the filter runs it: 16 KB chunks of PUB frames (client →
 //! server) and MSG frames (server → client) through an established [`Connection`], with the
 //! allow-all policy of `make bench` row 3 and a restricted policy with a deny entry and
-//! allow_responses (row 4's shape; the decision cache answers). The budget per frame is what
-//! the filter may add to Envoy's CPU per message (see BENCHMARKS.md).
+//! allow_responses (row 4's shape; the decision cache answers), and the restricted policy read a
+//! second time: beside a shadow that agrees on every frame (row 5's shape), and as a dry run.
+//! The budget per frame is what the filter may add to Envoy's CPU per message (see
+//! BENCHMARKS.md).
 //!
 //! cargo bench --bench engine            (or add `-- --quick` for a short run)
 
@@ -22,11 +24,19 @@ const CHUNK: usize = 16 * 1024;
 const PAYLOAD_SIZES: [usize; 2] = [16, 128];
 
 fn gate(rules: serde_json::Value) -> Rc<Gate> {
-    let config = json!({
+    gate_with(rules, json!({}))
+}
+
+/// A gate of `rules` with the top-level keys of `extra` (`mode`, `shadow`).
+fn gate_with(rules: serde_json::Value, extra: serde_json::Value) -> Rc<Gate> {
+    let mut config = json!({
         "identity": { "spiffe": { "required": true, "trust_domains": ["cluster.local"] } },
         "default_action": "deny",
         "rules": rules
     });
+    for (key, value) in extra.as_object().expect("an object") {
+        config[key] = value.clone();
+    }
     let loaded = policy::load(&config.to_string()).expect("valid benchmark policy");
     Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
 }
@@ -35,16 +45,29 @@ fn allow_all() -> Rc<Gate> {
     gate(json!([{ "name": "everyone", "from": { "principals": ["*"] } }]))
 }
 
-fn restricted() -> Rc<Gate> {
-    gate(json!([{
+fn restricted_rules(extra_deny: &str) -> serde_json::Value {
+    json!([{
         "name": "publisher",
         "from": { "principals": ["cluster.local/ns/billing/sa/publisher"] },
         "permissions": {
-            "publish": { "allow": ["bench.>", "_INBOX.>"], "deny": ["bench.admin.>"] },
+            "publish": { "allow": ["bench.>", "_INBOX.>"], "deny": ["bench.admin.>", extra_deny] },
             "subscribe": { "allow": ["bench.>", "_INBOX.>"], "deny": ["bench.secret.*"] },
             "allow_responses": { "max": 1, "expires": "5s" }
         }
-    }]))
+    }])
+}
+
+fn restricted() -> Rc<Gate> {
+    gate(restricted_rules("bench.admin.>"))
+}
+
+fn restricted_with_shadow() -> Rc<Gate> {
+    let shadow = json!({ "rules": restricted_rules("bench.never.>") });
+    gate_with(restricted_rules("bench.admin.>"), json!({ "shadow": shadow }))
+}
+
+fn restricted_dry_run() -> Rc<Gate> {
+    gate_with(restricted_rules("bench.admin.>"), json!({ "mode": "dry_run" }))
 }
 
 /// A connection that passed INFO and CONNECT and subscribed with sid 1 (a wildcard SUB, which
@@ -85,7 +108,12 @@ fn chunks(line: &str, payload_size: usize) -> (Vec<Vec<u8>>, u64) {
 type PolicyFn = fn() -> Rc<Gate>;
 
 fn per_frame(c: &mut Criterion) {
-    let policies: [(&str, PolicyFn); 2] = [("allow-all", allow_all), ("restricted", restricted)];
+    let policies: [(&str, PolicyFn); 4] = [
+        ("allow-all", allow_all),
+        ("restricted", restricted),
+        ("restricted+shadow", restricted_with_shadow),
+        ("restricted dry run", restricted_dry_run),
+    ];
     for (direction, line) in [
         ("client PUB", "PUB bench.orders {}\r\n"),
         ("server MSG", "MSG bench.orders 1 {}\r\n"),

@@ -148,7 +148,7 @@ fn documented_configurations() -> Vec<(String, String)> {
 #[test]
 fn check_finds_the_documented_configurations_valid_and_warns_only_where_they_mean_to() {
     let examples = documented_configurations();
-    assert!(examples.len() >= 3, "{} examples", examples.len());
+    assert!(examples.len() >= 5, "{} examples", examples.len());
     for (document, example) in examples {
         let run = check_stdin(&example, false);
         assert_eq!(run.code, 0, "{document}: {}\n{example}", run.stderr);
@@ -693,5 +693,152 @@ fn explain_gives_the_bytes_the_engine_sends() {
             client_gets.replace("\r\n", "\\r\\n"),
             "{account}: {frame:?}"
         );
+    }
+}
+
+/// JSON shaped like natsguard's configuration, with the keys and values most likely to reach
+/// every branch of the loader and the lints.
+fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let keys = prop::sample::select(vec![
+        "identity", "spiffe", "jwt", "required", "trust_domains", "providers", "name", "issuer",
+        "audiences", "algorithms", "jwks", "remote_jwks", "rules", "from", "principals",
+        "namespaces", "request_principals", "claims", "permissions", "publish", "subscribe",
+        "allow", "deny", "allow_responses", "max", "expires", "default_action", "mode", "shadow",
+        "upstream", "trusted_proxy", "seed", "seed_env", "limits", "tid",
+    ]);
+    let strings = prop::sample::select(vec![
+        "", "*", ">", "a.>", "a.*", "a.b", "a.b q", "a.* q", "x.{{jwt.claim.tid}}", "{{spiffe.namespace}}.>",
+        "u.{{jwt.sub}}", "cluster.local", "cluster.local/ns/a/*", "*/sa/b", "https://idp", "https://idp/*",
+        "deny", "allow", "dry_run", "enforce", "ES256", "1s", "a..b", "{{", "q q q",
+    ]);
+    let leaf = prop_oneof![
+        strings.prop_map(Value::from),
+        any::<bool>().prop_map(Value::from),
+        (-3i64..5).prop_map(Value::from),
+        Just(Value::Null),
+    ];
+    leaf.prop_recursive(5, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::btree_map(keys.clone(), inner, 0..5)
+                .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+        ]
+    })
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+    /// `check` (loader and lints) answers every input without panicking, and what it accepts
+    /// the filter's loader accepts.
+    #[test]
+    fn check_answers_any_configuration_like_input(config in config_like()) {
+        let text = config.to_string();
+        let checked = natsguard::command::check::check("-", &text, &|_| None);
+        if config.is_object() && !["static_resources", "resources", "kind", "apiVersion", "version_info"]
+            .iter()
+            .any(|key| config.get(key).is_some())
+        {
+            let loads = natsguard::engine::Gate::load(&text, &|_| Ok(None)).is_ok();
+            proptest::prop_assert_eq!(checked.errors.is_empty(), loads);
+        }
+    }
+}
+
+/// Valid-looking configurations: the identity variants, rules with every `from` key and entry
+/// form, modes and shadows, so that the lints see what they are for.
+fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
+    use proptest::prelude::*;
+    let subjects = vec![
+        ">", "a.>", "a.*", "a.b", "x.{{jwt.claim.tid}}", "{{spiffe.namespace}}.>", "u.{{jwt.sub}}",
+        "t.{{spiffe.trust_domain}}", "b.{{spiffe.service_account}}", "_INBOX.>",
+    ];
+    let mut queue_entries = subjects.clone();
+    queue_entries.extend(["a.b q", "a.* q", "a.> q.*", "b.* {{jwt.claim.g}}"]);
+    let direction = |entries: Vec<&'static str>| {
+        let list = prop::collection::vec(prop::sample::select(entries), 0..4);
+        prop_oneof![
+            Just(Value::Null),
+            list.clone().prop_map(|allow| json!(allow)),
+            (list.clone(), list).prop_map(|(allow, deny)| json!({ "allow": allow, "deny": deny })),
+        ]
+    };
+    let matcher = |values: Vec<&'static str>| prop::option::of(prop::collection::vec(prop::sample::select(values), 1..3));
+    let from = (
+        matcher(vec!["cluster.local/ns/a/sa/b", "other/ns/a/sa/b", "cluster.local/*", "*", "*/sa/b", "clu*"]),
+        matcher(vec!["a", "b*", "*"]),
+        matcher(vec!["https://idp/alice", "https://idp/*", "https://other/*", "*"]),
+        prop::option::of(prop::collection::btree_map(
+            prop::sample::select(vec!["tid", "g", "scp", "a.b"]),
+            prop::collection::vec(prop::sample::select(vec!["x", "*", "y*"]), 1..3),
+            1..3,
+        )),
+    )
+        .prop_map(|(principals, namespaces, request_principals, claims)| {
+            let mut from = serde_json::Map::new();
+            for (key, value) in [("principals", principals), ("namespaces", namespaces), ("request_principals", request_principals)] {
+                if let Some(value) = value {
+                    from.insert(key.into(), json!(value));
+                }
+            }
+            if let Some(claims) = claims {
+                from.insert("claims".into(), json!(claims));
+            }
+            Value::Object(from)
+        });
+    let rule = (prop::option::of(from), direction(subjects), direction(queue_entries), any::<bool>());
+    let rules = prop::collection::vec(rule, 0..4).prop_map(|rules| {
+        rules
+            .into_iter()
+            .enumerate()
+            .map(|(index, (from, publish, subscribe, responses))| {
+                let mut permissions = serde_json::Map::new();
+                for (key, value) in [("publish", publish), ("subscribe", subscribe)] {
+                    if !value.is_null() {
+                        permissions.insert(key.into(), value);
+                    }
+                }
+                if responses {
+                    permissions.insert("allow_responses".into(), json!(true));
+                }
+                let mut rule = json!({ "name": format!("r{index}"), "permissions": permissions });
+                if let Some(from) = from {
+                    rule["from"] = from;
+                }
+                rule
+            })
+            .collect::<Vec<_>>()
+    });
+    let provider = json!({ "name": "idp", "issuer": "https://idp", "audiences": ["nats"], "algorithms": ["ES256"],
+                           "remote_jwks": { "cluster": "c", "authority": "a", "path": "/" } });
+    let identity = prop::sample::select(vec![
+        json!({ "spiffe": { "trust_domains": ["cluster.local"] } }),
+        json!({ "spiffe": { "required": false, "trust_domains": ["cluster.local"] }, "jwt": { "providers": [provider.clone()] } }),
+        json!({ "jwt": { "required": true, "providers": [provider] } }),
+    ]);
+    (identity, rules.clone(), prop::option::of(rules), any::<bool>(), any::<bool>()).prop_map(
+        |(identity, rules, shadow, dry_run, allow)| {
+            let mut config = json!({ "identity": identity, "rules": rules });
+            if allow {
+                config["default_action"] = json!("allow");
+            }
+            match (shadow, dry_run) {
+                (_, true) => config["mode"] = json!("dry_run"),
+                (Some(shadow), false) => config["shadow"] = json!({ "rules": shadow }),
+                (None, false) => {}
+            }
+            config
+        },
+    )
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(3_000))]
+    /// Every such configuration loads (the lints only warn), and checking it never panics.
+    #[test]
+    fn check_lints_any_policy_without_failing_it(config in policy_like()) {
+        let text = config.to_string();
+        let checked = natsguard::command::check::check("-", &text, &|_| None);
+        proptest::prop_assert!(checked.errors.is_empty(), "{:?}\n{}", checked.errors, text);
     }
 }

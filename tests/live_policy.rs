@@ -10,7 +10,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use support::{contains, Mesh, MeshOptions, NatsServer, RawClient};
+use support::{Mesh, MeshOptions, NatsServer, Session};
 
 const PUBLISHER: &str = "cluster.local/ns/billing/sa/publisher";
 
@@ -42,45 +42,6 @@ const AFTER: &str = r#"{
   "publish": { "allow": ["events.>", "audit.>"] },
   "subscribe": { "allow": ["audit.>", "events.*", "jobs.> other"], "deny": ["events.secret"] }
 }"#;
-
-/// A raw NATS session; lines that differ per server or connection (INFO, the server's PING)
-/// are left out of what it reports.
-struct Session {
-    client: RawClient,
-}
-
-impl Session {
-    fn open(port: u16, credentials: &str) -> Session {
-        let mut client = RawClient::connect(port);
-        client.read_line();
-        let mut session = Session { client };
-        let handshake = session.exchange(&format!(
-            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1{credentials}}}\r\n"
-        ));
-        assert_eq!(handshake, Vec::<String>::new());
-        session
-    }
-
-    /// Sends `frames` and a PING; returns the lines received before its PONG.
-    fn exchange(&mut self, frames: &str) -> Vec<String> {
-        let (lines, closed) = self.exchange_until_closed(frames);
-        assert!(!closed, "the connection stays open: {lines:?}");
-        lines
-    }
-
-    fn exchange_until_closed(&mut self, frames: &str) -> (Vec<String>, bool) {
-        self.client.send(format!("{frames}PING\r\n").as_bytes());
-        let (bytes, closed) = self
-            .client
-            .read_until(Duration::from_secs(5), |b| contains(b, b"PONG\r\n"));
-        let lines = String::from_utf8_lossy(&bytes)
-            .split_terminator("\r\n")
-            .filter(|line| !line.starts_with("INFO ") && *line != "PING" && *line != "PONG")
-            .map(str::to_owned)
-            .collect();
-        (lines, closed)
-    }
-}
 
 /// nats-server sends its reload `-ERR`s in the order of a Go map: compare them as a set.
 fn normalised(mut lines: Vec<String>) -> Vec<String> {

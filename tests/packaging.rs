@@ -361,7 +361,7 @@ fn istio_manifests_are_wired_together() {
                     .is_some_and(|h| h.iter().any(|x| x == host))
                 && doc["spec"]["ports"]
                     .as_array()
-                    .is_some_and(|p| p.iter().any(|x| x["number"] == port))
+                    .is_some_and(|p| p.iter().any(|x| x["number"].to_string() == port))
         });
         assert!(entry_serves, "no ServiceEntry for {host}:{port}");
         let tls_originated = documents.iter().any(|(_, doc)| {
@@ -371,7 +371,7 @@ fn istio_manifests_are_wired_together() {
                     .as_array()
                     .is_some_and(|settings| {
                         settings.iter().any(|s| {
-                            s["port"]["number"] == port && s["tls"]["mode"] == "SIMPLE"
+                            s["port"]["number"].to_string() == port && s["tls"]["mode"] == "SIMPLE"
                         })
                     })
         });

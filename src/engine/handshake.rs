@@ -170,8 +170,8 @@ impl Connection {
         observer: Option<Box<Observer>>,
         forwarded: &mut Vec<u8>,
     ) {
-        // A dry run forwards the client's own credentials: nats-server authenticates it as
-        // before natsguard was there.
+        // A dry run forwards the CONNECT as the client sent it (no proxy signature either):
+        // nats-server authenticates the client as before natsguard was there.
         if gate.policy.mode() == Mode::Enforce {
             connect.remove_credentials();
             match gate.policy.upstream() {
@@ -184,9 +184,9 @@ impl Connection {
                 }
                 None => {}
             }
-        }
-        if let (Some(signer), Some(nonce)) = (&gate.proxy_signer, &self.nonce) {
-            connect.set("proxy_sig", signer.sign_nonce(nonce));
+            if let (Some(signer), Some(nonce)) = (&gate.proxy_signer, &self.nonce) {
+                connect.set("proxy_sig", signer.sign_nonce(nonce));
+            }
         }
         connect.write_line(forwarded);
         self.report.events.push(AuditEvent::connection_start(

@@ -875,3 +875,42 @@ pub fn successful_output(command: &mut Command, what: &str) -> String {
     );
     stdout
 }
+
+/// A raw NATS session; lines that differ per server or connection (INFO, the server's PING)
+/// are left out of what it reports.
+pub struct Session {
+    pub client: RawClient,
+}
+
+impl Session {
+    pub fn open(port: u16, credentials: &str) -> Session {
+        let mut client = RawClient::connect(port);
+        client.read_line();
+        let mut session = Session { client };
+        let handshake = session.exchange(&format!(
+            "CONNECT {{\"verbose\":false,\"pedantic\":false,\"protocol\":1{credentials}}}\r\n"
+        ));
+        assert_eq!(handshake, Vec::<String>::new());
+        session
+    }
+
+    /// Sends `frames` and a PING; returns the lines received before its PONG.
+    pub fn exchange(&mut self, frames: &str) -> Vec<String> {
+        let (lines, closed) = self.exchange_until_closed(frames);
+        assert!(!closed, "the connection stays open: {lines:?}");
+        lines
+    }
+
+    pub fn exchange_until_closed(&mut self, frames: &str) -> (Vec<String>, bool) {
+        self.client.send(format!("{frames}PING\r\n").as_bytes());
+        let (bytes, closed) = self
+            .client
+            .read_until(Duration::from_secs(5), |b| contains(b, b"PONG\r\n"));
+        let lines = String::from_utf8_lossy(&bytes)
+            .split_terminator("\r\n")
+            .filter(|line| !line.starts_with("INFO ") && *line != "PING" && *line != "PONG")
+            .map(str::to_owned)
+            .collect();
+        (lines, closed)
+    }
+}

@@ -5,7 +5,9 @@
 //!   1. client → nats-server;
 //!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
 //!   3. as 2 with natsguard and an allow-all policy;
-//!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT.
+//!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
+//!   5. as 4 with a shadow policy beside it (the same 1,000 rules with one more deny entry each
+//!      for the benchmark client's rules): every decision made twice, what a rollout costs.
 //!
 //! It measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
@@ -17,7 +19,7 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4] [--only throughput,latency,connect,memory,nats-bench,live-policy]
+//!            [--setups 1,2,3,4,5] [--only throughput,latency,connect,memory,nats-bench,live-policy]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
@@ -47,8 +49,8 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --seconds N           how long each throughput run publishes (default 1.5)
   --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536;
                         nats bench runs those of 128 and 1024 in the list)
-  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4: 1 direct, 2 Envoy tcp_proxy,
-                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT)
+  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5: 1 direct, 2 Envoy tcp_proxy,
+                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow)
   --only LIST           measurements, e.g. throughput,latency (default all:
                         throughput,latency,connect,memory,nats-bench,live-policy)
   --help                this text";
@@ -56,7 +58,7 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
 /// The largest payload nats-server accepts by default (`max_payload`).
 const MAX_PAYLOAD: usize = 1 << 20;
-const SETUPS: [usize; 4] = [1, 2, 3, 4];
+const SETUPS: [usize; 5] = [1, 2, 3, 4, 5];
 const PUBLISHERS: [usize; 2] = [1, 16];
 /// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
 /// cutting the subscriber off as a slow consumer, without limiting the rate.
@@ -300,6 +302,21 @@ fn realistic_policy(jwks: &Value) -> String {
         "rules": rules
     })
     .to_string()
+}
+
+/// Row 5's configuration: row 4's, with a shadow of the same rules in which the benchmark
+/// client's rules deny one more subject it never uses (the two readings agree on every frame:
+/// what is measured is the second reading, not the reporting of differences).
+fn realistic_policy_with_shadow(jwks: &Value) -> String {
+    let mut config: Value = serde_json::from_str(&realistic_policy(jwks)).expect("row 4's policy");
+    let mut rules = config["rules"].clone();
+    for rule in rules.as_array_mut().expect("rules").iter_mut().rev().take(2) {
+        if let Some(deny) = rule["permissions"]["publish"]["deny"].as_array_mut() {
+            deny.push(json!("bench.never.>"));
+        }
+    }
+    config["shadow"] = json!({ "rules": rules });
+    config.to_string()
 }
 
 struct Idp {
@@ -1188,7 +1205,7 @@ fn run() -> Result<()> {
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
 
-    let setups: [StartSetup; 4] = [
+    let setups: [StartSetup; 5] = [
         |_, _| Setup {
             name: "1. client → nats-server",
             filtered: false,
@@ -1216,6 +1233,13 @@ fn run() -> Result<()> {
             prefix: format!("tenants.{TENANT}.bench"),
             token: Some(token.to_string()),
             running: Running::Mesh(Mesh::start(&realistic_policy(jwks))),
+        },
+        |jwks, token| Setup {
+            name: "5. as 4 + shadow policy",
+            filtered: true,
+            prefix: format!("tenants.{TENANT}.bench"),
+            token: Some(token.to_string()),
+            running: Running::Mesh(Mesh::start(&realistic_policy_with_shadow(jwks))),
         },
     ];
     // Indexed by setup (row 1 at 0); `None` for a setup this run skipped (`--setups`).
@@ -1249,6 +1273,62 @@ fn run() -> Result<()> {
         started.elapsed()
     );
     Ok(())
+}
+
+/// Row 5 against row 4: the same policy and traffic, with and without a shadow reading it.
+fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>) {
+    let (Some(without), Some(with)) = (without, with) else {
+        let _ = writeln!(w, "Not measured in this run (rows 4 and 5 both needed).");
+        return;
+    };
+    let _ = writeln!(w, "| Figure | row 4 | row 5 (shadow) | row 5 / row 4 |\n|---|---:|---:|---:|");
+    for t4 in &without.throughput {
+        let Some(t5) = with
+            .throughput
+            .iter()
+            .find(|t| t.payload == t4.payload && t.publishers == t4.publishers)
+        else {
+            continue;
+        };
+        let label = format!("{} B, {} publisher(s)", t4.payload, t4.publishers);
+        let _ = writeln!(
+            w,
+            "| msgs/s, {label} | {:.0} | {:.0} | {} |",
+            t4.per_second(),
+            t5.per_second(),
+            ratio(t5.per_second(), t4.per_second())
+        );
+        if let (Some(c4), Some(c5)) = (t4.cpu_per_message_us(), t5.cpu_per_message_us()) {
+            let _ = writeln!(w, "| Envoy CPU µs/msg, {label} | {c4:.2} | {c5:.2} | {} |", ratio(c5, c4));
+        }
+    }
+    if let (Some(l4), Some(l5)) = (&without.latency, &with.latency) {
+        let _ = writeln!(
+            w,
+            "| request/reply p99 | {} | {} | {:+.0} µs |",
+            us(l4.p99),
+            us(l5.p99),
+            (l5.p99.as_secs_f64() - l4.p99.as_secs_f64()) * 1e6
+        );
+    }
+    if let (Some(c4), Some(c5)) = (&without.connect_jwt, &with.connect_jwt) {
+        let _ = writeln!(
+            w,
+            "| CONNECT with JWT, p50 | {} | {} | {:+.2} ms |",
+            ms(c4.p50),
+            ms(c5.p50),
+            (c5.p50.as_secs_f64() - c4.p50.as_secs_f64()) * 1e3
+        );
+    }
+    if let (Some(m4), Some(m5)) = (&without.memory, &with.memory) {
+        let _ = writeln!(
+            w,
+            "| heap / idle connection | {:.1} KB | {:.1} KB | {:+.1} KB |",
+            m4.heap_per_connection / 1024.0,
+            m5.heap_per_connection / 1024.0,
+            (m5.heap_per_connection - m4.heap_per_connection) / 1024.0
+        );
+    }
 }
 
 /// A measured setup: its name in the report and its results.
@@ -1370,7 +1450,7 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
-    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 and 4 only.");
+    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3, 4 and 5 only.");
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
@@ -1686,6 +1766,9 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
             );
         }
     }
+
+    let _ = writeln!(w, "\n## What a shadow policy costs (row 5 against row 4)\n");
+    shadow_cost(w, row(3), row(4));
 
     let _ = writeln!(
         w,
