@@ -236,7 +236,31 @@ pub fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
+// Meshes of several workers and restarted sidecars: the cluster's, and the adversarial tests'.
+
+impl MeshOptions {
+    /// The usual mesh with `workers` Envoy workers (one Wasm VM each, plus the main thread's),
+    /// as production sidecars run.
+    pub fn with_workers(workers: usize) -> MeshOptions {
+        MeshOptions {
+            workers,
+            ..MeshOptions::default()
+        }
+    }
+}
+
 impl Mesh {
+    /// Asserts that every Envoy worker took some of the natsguard listener's connections (the
+    /// kernel spreads them over the workers' sockets); returns the count per worker.
+    pub fn assert_every_worker_took_connections(&self) -> Vec<u64> {
+        let per_worker = self.connections_per_worker();
+        assert!(
+            per_worker.iter().all(|&connections| connections > 0),
+            "connections per worker {per_worker:?}"
+        );
+        per_worker
+    }
+
     /// Connections the natsguard listener (inbound) accepted on each of Envoy's workers, from
     /// `listener.<address>.worker_<n>.downstream_cx_total`.
     pub fn connections_per_worker(&self) -> Vec<u64> {
