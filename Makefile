@@ -33,13 +33,14 @@ test: build venv certs tools
 
 ## stress: the adversarial tests' long forms (smuggling and delivery fuzz, JWT corruption fuzz, soak
 ## with 1,000 churning connections), each for NATSGUARD_STRESS_SECONDS (default 300), the policy
-## conformance test over NATSGUARD_CONFORMANCE_DECISIONS (default 100000), and 1,000 live policy
-## updates with 100 connections open (memory); see docs/hardening.md
+## conformance test over NATSGUARD_CONFORMANCE_DECISIONS (default 100000), 1,000 live policy
+## updates with 100 connections open (memory), and rolling restarts of the three-node cluster
+## (tests/cluster.rs) for NATSGUARD_STRESS_SECONDS; see docs/hardening.md
 stress: build venv certs
 	NATSGUARD_STRESS_SECONDS=$${NATSGUARD_STRESS_SECONDS:-300} \
 	NATSGUARD_CONFORMANCE_DECISIONS=$${NATSGUARD_CONFORMANCE_DECISIONS:-100000} \
 		cargo test --locked --no-fail-fast --test adversarial_smuggling --test adversarial_jwt \
-		--test adversarial_soak --test policy_conformance --test live_policy -- --nocapture
+		--test adversarial_soak --test policy_conformance --test live_policy --test cluster -- --nocapture
 
 ## bench: throughput, Envoy CPU per message, latency, CONNECT rate and idle memory of nats-server
 ## direct, Envoy without and with natsguard, side by side, and `nats bench` (the nats CLI) on the

@@ -11,9 +11,9 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use adversarial::{
-    b64, eddsa_token, natsguard_counters, unix_now, wait_for_counter, Observer, Relay, ServerFrames,
+    admitted, jwks, jwt_policy, natsguard_counters, token, wait_for_counter, Observer, Relay,
+    ServerFrames,
 };
-use serde_json::{json, Value};
 use support::{contains, JwksServer, Mesh, NatsServer, RawClient};
 
 const POLICY: &str = r#"{
@@ -166,55 +166,6 @@ fn clients_reconnect_through_the_filter_after_nats_server_restarts() {
     );
 }
 
-fn jwt_policy() -> String {
-    json!({
-        "identity": {
-            "spiffe": { "required": true, "trust_domains": ["cluster.local"] },
-            "jwt": { "required": true, "token_fields": ["auth_token"], "providers": [{
-                "name": "idp", "issuer": "https://idp.test", "audiences": ["nats"],
-                "remote_jwks": { "cluster": "idp", "authority": "idp.test", "path": "/jwks", "refresh_seconds": 10 },
-                "algorithms": ["EdDSA"], "clock_skew_seconds": 5
-            }]}
-        },
-        "default_action": "deny",
-        "rules": [{ "name": "writers", "from": { "request_principals": ["https://idp.test/*"] },
-                    "permissions": { "publish": { "allow": ["ok.>"] } } }]
-    })
-    .to_string()
-}
-
-fn signing_key(seed: u8) -> ed25519_compact::KeyPair {
-    ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]))
-}
-
-fn jwks(keys: &[(&str, u8)]) -> String {
-    let keys: Vec<Value> = keys
-        .iter()
-        .map(|(kid, seed)| json!({ "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(signing_key(*seed).pk.as_ref()) }))
-        .collect();
-    json!({ "keys": keys }).to_string()
-}
-
-fn token(kid: &str, seed: u8) -> String {
-    let now = unix_now();
-    eddsa_token(
-        &signing_key(seed),
-        &json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid }),
-        &json!({ "iss": "https://idp.test", "sub": "alice", "aud": "nats", "iat": now - 5, "exp": now + 600 }),
-    )
-}
-
-/// Whether a connection with `token` is let in.
-fn admitted(mesh: &Mesh, token: &str) -> bool {
-    let mut client = RawClient::connect(mesh.port_of("publisher"));
-    client.read_line();
-    client.send(format!("CONNECT {}\r\nPING\r\n", json!({ "auth_token": token })).as_bytes());
-    let (bytes, _) = client.read_until(Duration::from_secs(8), |b| {
-        contains(b, b"PONG\r\n") || contains(b, b"-ERR")
-    });
-    contains(&bytes, b"PONG\r\n")
-}
-
 #[test]
 fn cached_keys_survive_jwks_outages_and_rotations_are_picked_up() {
     let (k1, k2, forged) = (("k1", 1), ("k2", 2), ("k1", 66));
@@ -228,11 +179,12 @@ fn cached_keys_survive_jwks_outages_and_rotations_are_picked_up() {
         token(forged.0, forged.1),
     );
     let never_valid = token("k3", 3);
+    let port = mesh.port_of("publisher");
     let check = |phase: &str, expect_k1: bool, expect_k2: bool| {
-        assert_eq!(admitted(&mesh, &t1), expect_k1, "{phase}: k1");
-        assert_eq!(admitted(&mesh, &t2), expect_k2, "{phase}: k2");
-        assert!(!admitted(&mesh, &t_forged), "{phase}: forged k1");
-        assert!(!admitted(&mesh, &never_valid), "{phase}: k3");
+        assert_eq!(admitted(port, &t1), expect_k1, "{phase}: k1");
+        assert_eq!(admitted(port, &t2), expect_k2, "{phase}: k2");
+        assert!(!admitted(port, &t_forged), "{phase}: forged k1");
+        assert!(!admitted(port, &never_valid), "{phase}: k3");
     };
     check("first key set", true, false);
     let failures = |mesh: &Mesh| {
@@ -261,10 +213,10 @@ fn cached_keys_survive_jwks_outages_and_rotations_are_picked_up() {
     relay.set_delay(Duration::ZERO);
     let eventually = |phase: &str, token: &str, wanted: bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while admitted(&mesh, token) != wanted {
+        while admitted(port, token) != wanted {
             assert!(Instant::now() < deadline, "{phase}: never became {wanted}");
-            assert!(!admitted(&mesh, &t_forged), "{phase}: forged k1");
-            assert!(!admitted(&mesh, &never_valid), "{phase}: k3");
+            assert!(!admitted(port, &t_forged), "{phase}: forged k1");
+            assert!(!admitted(port, &never_valid), "{phase}: k3");
             std::thread::sleep(Duration::from_millis(500));
         }
     };

@@ -18,7 +18,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use adversarial::{escaped, fuzz_seed, stress_seconds, write_chunked, Delivered, Observer, Rng};
-use support::{Mesh, NatsServer, RawClient};
+use support::{Mesh, MeshOptions, NatsServer, RawClient};
 
 const POLICY: &str = r#"{
   "identity": { "spiffe": { "required": true, "trust_domains": ["cluster.local"] } },
@@ -780,7 +780,12 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
     let budget = stress_seconds().map(Duration::from_secs);
     let quick_streams = 2500;
     eprintln!("smuggling fuzz: seed {seed} (NATSGUARD_FUZZ_SEED), budget {budget:?}");
-    let mesh = Mesh::start(POLICY);
+    // Two workers, as production sidecars run: streams land on both workers' VMs.
+    let mesh = Mesh::start_with_options(
+        POLICY,
+        NatsServer::start(None),
+        MeshOptions::with_workers(2),
+    );
     let observer = Observer::start(mesh.nats.port);
     let oracle = NatsServer::start(Some(ORACLE_CONFIG));
     let oracle_port = oracle.port;
@@ -909,8 +914,9 @@ fn no_smuggled_publish_reaches_nats_server_and_allowed_ones_arrive_intact() {
             panic!("stream {stream_id}: {error}\nminimised:\n{report}");
         }
     }
+    let per_worker = mesh.assert_every_worker_took_connections();
     eprintln!(
-        "smuggling fuzz: {} streams ({mutated} mutated, ~{connections} connections ended), {delivered} messages checked, seed {seed}, {:?}",
+        "smuggling fuzz: {} streams ({mutated} mutated, ~{connections} connections ended), {delivered} messages checked, seed {seed}, {:?}, connections per Envoy worker {per_worker:?}",
         runs.len(),
         started.elapsed()
     );

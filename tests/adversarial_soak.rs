@@ -1,7 +1,7 @@
 //! Soak: many concurrent connections from several identities churn through the filter
 //! (connect, subscribe, publish allowed and denied, disconnect, reconnect). No allowed message is
 //! lost, every denial is counted, and afterwards Envoy's memory is back at its baseline (no
-//! per-connection state left behind).
+//! per-connection state left behind). Envoy runs two workers (one Wasm VM each), as sidecars do.
 //!
 //! Quick form in `make test` (100 connections, 12 s); `NATSGUARD_STRESS_SECONDS=N` runs 1,000
 //! connections for N seconds (`NATSGUARD_SOAK_CONNECTIONS` overrides the count).
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use adversarial::{natsguard_counters, stress_seconds, Observer, Rng};
-use support::Mesh;
+use support::{Mesh, MeshOptions, NatsServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -169,7 +169,12 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
         ),
         None => (100, Duration::from_secs(12)),
     };
-    let mesh = Mesh::start(POLICY);
+    // Two workers, as production sidecars run: the clients land on both workers' VMs.
+    let mesh = Mesh::start_with_options(
+        POLICY,
+        NatsServer::start(None),
+        MeshOptions::with_workers(2),
+    );
     let observer = Observer::start(mesh.nats.port);
 
     // Warm-up at full concurrency: the VM's heap and Envoy's pools reach their working size.
@@ -251,10 +256,12 @@ async fn churning_connections_lose_nothing_count_every_denial_and_leak_no_memory
     // keeps its high-water mark (measured: +6 MB after 19,000 and +8 MB after 65,000
     // connections, so not proportional): 16 MB is ~120 bytes per connection of a 300 s run.
     let cycles = tally.cycles.load(Ordering::Relaxed) + tally.refused.load(Ordering::Relaxed);
+    let per_worker = mesh.assert_every_worker_took_connections();
     eprintln!(
         "soak: {connections} concurrent clients, {cycles} connections in {elapsed:?}, {published} messages, \
          {} publish and {} subscribe denials, {} refusals; Envoy RSS {rss_baseline} kB baseline, \
-         {rss_after} kB after; tcmalloc allocated {allocated_baseline} -> {allocated_after} bytes",
+         {rss_after} kB after; tcmalloc allocated {allocated_baseline} -> {allocated_after} bytes; \
+         connections per Envoy worker {per_worker:?}",
         total(|t| &t.publish_denied),
         total(|t| &t.subscribe_denied),
         total(|t| &t.refused),

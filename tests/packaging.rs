@@ -260,6 +260,10 @@ fn schema_check_rejects_misspelt_and_mistyped_fields() {
     }
 }
 
+/// Manifests applied instead of one that the kustomization lists (docs/istio.md, "A NATS
+/// cluster"): the three-node StatefulSet replaces the single server.
+const ALTERNATIVE_MANIFESTS: [(&str, &str); 1] = [("istio/nats-cluster.yaml", "istio/nats.yaml")];
+
 #[test]
 fn kustomization_lists_every_manifest() {
     let kustomization = yaml_documents("istio/kustomization.yaml")
@@ -271,7 +275,14 @@ fn kustomization_lists_every_manifest() {
         .iter()
         .map(|r| format!("istio/{}", r.as_str().expect("resource path")))
         .collect();
-    let manifests: BTreeSet<String> = istio_manifest_files().into_iter().collect();
+    let mut manifests: BTreeSet<String> = istio_manifest_files().into_iter().collect();
+    for (alternative, replaced) in ALTERNATIVE_MANIFESTS {
+        assert!(manifests.remove(alternative), "{alternative} is missing");
+        assert!(
+            resources.contains(replaced),
+            "{alternative} replaces {replaced}"
+        );
+    }
     assert_eq!(
         resources, manifests,
         "kustomization resources vs manifests in istio/"
@@ -412,6 +423,141 @@ fn istio_manifests_are_wired_together() {
     assert!(
         nats_conf.contains("proxies {"),
         "nats.conf does not trust natsguard's proxy key"
+    );
+}
+
+/// A duration of nats.conf in whole seconds (`key: 30s`).
+fn conf_seconds(conf: &str, key: &str) -> u64 {
+    conf.lines()
+        .find_map(|line| line.trim().strip_prefix(&format!("{key}: ")))
+        .and_then(|value| value.strip_suffix('s')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in seconds in nats.conf"))
+}
+
+#[test]
+fn the_cluster_manifest_keeps_routes_out_of_natsguard_and_restarts_in_lame_duck_mode() {
+    let documents = istio_documents();
+    let cluster: Vec<(String, Value)> = documents
+        .iter()
+        .filter(|(file, _)| file == "istio/nats-cluster.yaml")
+        .cloned()
+        .collect();
+    let set = find_kind(&cluster, "StatefulSet", "nats");
+    let pod = &set["spec"]["template"];
+    let pod_labels = &pod["metadata"]["labels"];
+    let selects_pods = |labels: &Value| {
+        let labels = labels.as_object().expect("labels");
+        !labels.is_empty() && labels.iter().all(|(k, v)| &pod_labels[k] == v)
+    };
+    let plugin = find_kind(&documents, "WasmPlugin", "natsguard");
+    for selector in [
+        &plugin["spec"]["selector"]["matchLabels"],
+        &find_kind(&documents, "PeerAuthentication", "nats-strict-mtls")["spec"]["selector"]
+            ["matchLabels"],
+        &find_kind(&documents, "Telemetry", "nats-access-log")["spec"]["selector"]["matchLabels"],
+        &set["spec"]["selector"]["matchLabels"],
+        &find_kind(&cluster, "Service", "nats")["spec"]["selector"],
+    ] {
+        assert!(
+            selects_pods(selector),
+            "{selector} does not select {pod_labels}"
+        );
+    }
+    assert_eq!(set["spec"]["replicas"], 3);
+
+    // Routes: a TCP port of the headless Service that natsguard's WasmPlugin does not match.
+    let headless_name = str_at(set, "/spec/serviceName");
+    let headless = find_kind(&cluster, "Service", headless_name);
+    assert_eq!(headless["spec"]["clusterIP"], "None");
+    assert_eq!(headless["spec"]["publishNotReadyAddresses"], true);
+    let port_named = |name: &str| {
+        headless["spec"]["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("no port {name} in {headless_name}"))
+            .clone()
+    };
+    let (client, route) = (port_named("tcp-client"), port_named("tcp-cluster"));
+    for port in [&client, &route] {
+        assert_eq!(port["appProtocol"], "tcp", "{port}: declared TCP");
+    }
+    let matched: Vec<&Value> = plugin["spec"]["match"]
+        .as_array()
+        .expect("match")
+        .iter()
+        .flat_map(|m| m["ports"].as_array().expect("ports"))
+        .map(|p| &p["number"])
+        .collect();
+    assert_eq!(
+        matched,
+        [&client["targetPort"]],
+        "natsguard on the client port only"
+    );
+
+    // nats.conf: routes to every pod by its DNS name, no client advertisement, the same login.
+    let conf = str_at(
+        find_kind(&cluster, "ConfigMap", "nats-cluster-config"),
+        "/data/nats.conf",
+    );
+    for ordinal in 0..3 {
+        let route_url = format!(
+            "nats://nats-{ordinal}.{headless_name}.nats.svc.cluster.local:{}",
+            route["port"]
+        );
+        assert!(
+            conf.contains(&route_url),
+            "nats.conf lacks the route {route_url}"
+        );
+    }
+    assert!(conf.contains(&format!("port: {}", route["targetPort"])));
+    assert!(conf.contains("no_advertise: true"));
+    let single_server_conf = str_at(
+        find_kind(&documents, "ConfigMap", "nats-config"),
+        "/data/nats.conf",
+    );
+    let login = single_server_conf
+        .lines()
+        .find(|line| line.contains("proxy_required: true"))
+        .expect("the upstream login of nats.yaml");
+    assert!(conf.contains(login), "nats.conf lacks `{}`", login.trim());
+
+    // Stopping a pod: lame duck mode first, and neither Kubernetes nor the sidecar cuts it short.
+    let nats = pod["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .find(|c| c["name"] == "nats")
+        .expect("nats container");
+    let pid_file = conf
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("pid_file: "))
+        .expect("pid_file");
+    assert_eq!(
+        nats["lifecycle"]["preStop"]["exec"]["command"],
+        serde_json::json!(["nats-server", "--signal", format!("ldm={pid_file}")])
+    );
+    let lame_duck =
+        conf_seconds(conf, "lame_duck_grace_period") + conf_seconds(conf, "lame_duck_duration");
+    let grace = pod["spec"]["terminationGracePeriodSeconds"]
+        .as_u64()
+        .expect("grace period");
+    assert!(
+        grace > lame_duck,
+        "terminationGracePeriodSeconds {grace} <= {lame_duck}"
+    );
+    let proxy_config: Value =
+        serde_json::from_str(str_at(pod, "/metadata/annotations/proxy.istio.io~1config"))
+            .expect("proxy.istio.io/config is JSON");
+    let drain = str_at(&proxy_config, "/terminationDrainDuration");
+    let drain: u64 = drain
+        .strip_suffix('s')
+        .and_then(|s| s.parse().ok())
+        .expect("seconds");
+    assert!(
+        (lame_duck..grace).contains(&drain),
+        "the sidecar drains {drain} s: not after lame duck mode ({lame_duck} s) and before the kill ({grace} s)"
     );
 }
 

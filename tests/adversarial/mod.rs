@@ -438,3 +438,63 @@ pub fn wait_for_counter(mesh: &crate::support::Mesh, name: &str, at_least: u64) 
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A policy whose identities need a token from provider `idp` (EdDSA keys served as a remote
+/// JWKS through the `idp` cluster, refreshed every 10 s, natsguard's minimum).
+pub fn jwt_policy() -> String {
+    serde_json::json!({
+        "identity": {
+            "spiffe": { "required": true, "trust_domains": ["cluster.local"] },
+            "jwt": { "required": true, "token_fields": ["auth_token"], "providers": [{
+                "name": "idp", "issuer": "https://idp.test", "audiences": ["nats"],
+                "remote_jwks": { "cluster": "idp", "authority": "idp.test", "path": "/jwks", "refresh_seconds": 10 },
+                "algorithms": ["EdDSA"], "clock_skew_seconds": 5
+            }]}
+        },
+        "default_action": "deny",
+        "rules": [{ "name": "writers", "from": { "request_principals": ["https://idp.test/*"] },
+                    "permissions": { "publish": { "allow": ["ok.>"] } } }]
+    })
+    .to_string()
+}
+
+pub fn signing_key(seed: u8) -> ed25519_compact::KeyPair {
+    ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([seed; 32]))
+}
+
+/// A JWKS of the Ed25519 keys `(kid, seed)`.
+pub fn jwks(keys: &[(&str, u8)]) -> String {
+    let keys: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|(kid, seed)| serde_json::json!({ "kty": "OKP", "crv": "Ed25519", "kid": kid, "x": b64(signing_key(*seed).pk.as_ref()) }))
+        .collect();
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+/// A token of [`jwt_policy`]'s provider, signed by the key `seed` under `kid`.
+pub fn token(kid: &str, seed: u8) -> String {
+    let now = unix_now();
+    eddsa_token(
+        &signing_key(seed),
+        &serde_json::json!({ "alg": "EdDSA", "typ": "JWT", "kid": kid }),
+        &serde_json::json!({ "iss": "https://idp.test", "sub": "alice", "aud": "nats", "iat": now - 5, "exp": now + 600 }),
+    )
+}
+
+/// Whether a connection to the sidecar port `port` with `token` is let in.
+pub fn admitted(port: u16, token: &str) -> bool {
+    use crate::support::{contains, RawClient};
+    let mut client = RawClient::connect(port);
+    client.read_line();
+    client.send(
+        format!(
+            "CONNECT {}\r\nPING\r\n",
+            serde_json::json!({ "auth_token": token })
+        )
+        .as_bytes(),
+    );
+    let (bytes, _) = client.read_until(Duration::from_secs(8), |b| {
+        contains(b, b"PONG\r\n") || contains(b, b"-ERR")
+    });
+    contains(&bytes, b"PONG\r\n")
+}
