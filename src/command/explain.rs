@@ -512,11 +512,11 @@ fn decode_payload(token: &str) -> Result<Map<String, Value>, String> {
 /// The explanation as text for a terminal.
 pub fn render(explanation: &Explanation) -> String {
     let mut out = String::new();
-    render_into(explanation, &mut out, "");
+    render_into(explanation, &mut out, "", "client gets");
     out
 }
 
-fn render_into(explanation: &Explanation, out: &mut String, title: &str) {
+fn render_into(explanation: &Explanation, out: &mut String, title: &str, gets_label: &str) {
     use std::fmt::Write;
     let field = |out: &mut String, name: &str, value: &str| {
         let _ = writeln!(out, "  {name:<16} {value}");
@@ -579,9 +579,13 @@ fn render_into(explanation: &Explanation, out: &mut String, title: &str) {
     }
     if let Some(permissions) = &explanation.permissions {
         out.push_str("\neffective permissions (as a nats-server permissions block)\n");
-        let pretty = serde_json::to_string_pretty(permissions).unwrap_or_default();
-        for line in pretty.lines() {
-            let _ = writeln!(out, "  {line}");
+        match permissions.as_object() {
+            Some(block) if !block.is_empty() => {
+                for (key, value) in block {
+                    let _ = writeln!(out, "  {key:<16} {value}");
+                }
+            }
+            _ => field(out, "none", "everything is allowed"),
         }
     }
     if let Some(decision) = &explanation.decision {
@@ -608,13 +612,13 @@ fn render_into(explanation: &Explanation, out: &mut String, title: &str) {
         } else {
             &decision.client_gets
         };
-        field(out, "client gets", gets);
+        field(out, gets_label, gets);
         if let Some(note) = &decision.note {
             field(out, "then", note);
         }
     }
     if let Some(shadow) = &explanation.shadow {
         out.push_str("\n----\n");
-        render_into(shadow, out, "shadow policy: ");
+        render_into(shadow, out, "shadow policy (reported, never applied): ", "would get");
     }
 }
