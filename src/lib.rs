@@ -10,6 +10,8 @@
 pub mod ecds;
 pub mod engine;
 pub mod identity;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod import;
 pub mod policy;
 pub mod protocol;
 
