@@ -2,6 +2,8 @@
 //! built natsguard module), on free loopback ports, stopped when dropped (also when a test fails).
 #![allow(dead_code)] // each integration test binary uses a different part of the harness
 
+pub mod conformance;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
