@@ -1,0 +1,384 @@
+//! `natsguard import` as a command (the built binary) on realistic nats-server configurations,
+//! and the round trip: nats-server started with the same configuration (users with passwords)
+//! decides like natsguard's engine with the imported policy, for every imported user, over
+//! generated SUBs (with and without queue), PUBs, deliveries from an unrestricted feeder and
+//! replies under allow_responses (the conformance harness of tests/support/conformance.rs:
+//! never looser, and identical except natsguard's documented deliberate differences).
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use natsguard::identity::{Identity, SpiffeId};
+use natsguard::policy;
+use serde_json::Value;
+use support::conformance::{
+    generate_ops, listed, run_user, Client, Outcome, Rng, UserRun, Vocabulary,
+};
+
+const SEED: u64 = 0x696d_706f_7274;
+/// Connections (each with freshly generated operations) per imported user.
+const SESSIONS_PER_USER: usize = 40;
+const COMMAND_LIMIT: Duration = Duration::from_secs(30);
+
+/// The shapes of docs/migration.md in one file: variables, default_permissions, aliases,
+/// every permission form, comments of both kinds.
+const INLINE: &[(&str, &str)] = &[(
+    "nats-server.conf",
+    r#"# Billing and shipping share this server.
+server_name: import-round-trip
+PASS = "s3cret"
+
+authorization {
+  timeout: 2 // seconds
+  default_permissions = {
+    publish = "SANDBOX.*"
+    subscribe = ["PUBLIC.>", "_INBOX.>"]
+  }
+  BILLING = {
+    publish = { allow: ["billing.>", "_INBOX.>"], deny: ["billing.admin.>"] }
+    subscribe = ["billing.>", "_INBOX.>"]
+  }
+  RESPONDER: {
+    sub: "billing.requests.* billing-workers"
+    allow_responses: { max_msgs: 2, ttl: "1m" }
+  }
+  users = [
+    { user: billing-api, password: $PASS, permissions: $BILLING }
+    {user: "billing-worker", pass: $PASS, permissions = $RESPONDER}
+    { user: shipping, password: $PASS
+      permissions: {
+        pub: ["shipping.>", "billing.requests.*"]   # requests to billing
+        sub: { allow: ["shipping.>", "billing.events.*   shipping", "_INBOX.>"], deny: "shipping.audit.>" }
+      }
+    }
+    { user: sandbox, password: $PASS }
+    { user: auditor, password: $PASS
+      permissions: {
+        import: { allow: "audit.>" }
+        export: { allow: ">", deny: ["billing.admin.>", "shipping.* secret"] }
+        publish_allow_responses: true
+      }
+    }
+    # The harness's feeder, not imported: an empty block keeps default_permissions away.
+    { user: feeder, password: $PASS, permissions: {} }
+  ]
+}
+"#,
+)];
+
+const INLINE_USERS: &[&str] = &[
+    "billing-api=cluster.local/ns/billing/sa/api",
+    "billing-worker=cluster.local/ns/billing/sa/worker",
+    "shipping=cluster.local/ns/shipping/sa/default",
+    "sandbox=dev.example/ns/sandbox/sa/tools",
+    "auditor=cluster.local/ns/audit/sa/auditor",
+];
+
+/// Permissions in files of their own, included from inside the authorization block and from
+/// an include (paths relative to the including file).
+const INCLUDED: &[(&str, &str)] = &[
+    (
+        "nats-server.conf",
+        "// Limits and users come from other files.\ninclude \"limits.conf\"\nauthorization {\n  include 'auth/users.conf'\n}\n",
+    ),
+    ("limits.conf", "max_payload: 1MB\nmax_control_line = 4KB\n"),
+    (
+        "auth/users.conf",
+        r#"include ../perms/common.conf   # ORDERS and READER
+users: [
+  { user: orders, password: pw, permissions: $ORDERS }
+  { user: reader, password: pw, permissions: $READER }
+  { user: feeder, password: pw }
+]
+"#,
+    ),
+    (
+        "perms/common.conf",
+        r#"ORDERS = {
+  publish: { allow: ["orders.>", "_INBOX.>"], deny: "orders.*.cancelled" }
+  subscribe: { allow: ["orders.* order-workers", "orders.>", "_INBOX.>"], deny: ["orders.audit"] }
+  allow_responses: { max: 1, expires: "30s" }
+}
+READER = {
+  subscribe: { allow: ">", deny: ["orders.*.cancelled", "orders.secret q1"] }
+}
+"#,
+    ),
+];
+
+const INCLUDED_USERS: &[&str] = &[
+    "orders=cluster.local/ns/orders/sa/api",
+    "reader=cluster.local/ns/orders/sa/reader",
+];
+
+/// The configuration files in a directory of their own.
+fn write_config(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (path, text) in files {
+        let path = dir.path().join(path);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("create config dir");
+        std::fs::write(path, text).expect("write config");
+    }
+    dir
+}
+
+fn natsguard(args: &[&str]) -> Output {
+    support::bounded_command(env!("CARGO_BIN_EXE_natsguard"), COMMAND_LIMIT)
+        .args(args)
+        .output()
+        .expect("run natsguard")
+}
+
+fn import(conf: &Path, users: &[&str]) -> Output {
+    let mut args = vec!["import".to_owned(), conf.display().to_string()];
+    for user in users {
+        args.extend(["--user".to_owned(), (*user).to_owned()]);
+    }
+    natsguard(&args.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+/// The policy and the notes of a successful import.
+fn imported(conf: &Path, users: &[&str]) -> (Value, String) {
+    let output = import(conf, users);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "natsguard import failed: {stderr}");
+    let policy = serde_json::from_slice(&output.stdout).expect("the policy is JSON");
+    (policy, stderr)
+}
+
+/// nats-server started with the configuration at `main` itself: the server's own file only
+/// includes it (both directories are siblings in the temporary directory), so its includes
+/// resolve as they do for `natsguard import`.
+fn start_server(config_dir: &Path, main: &str) -> support::NatsServer {
+    let dir_name = config_dir.file_name().expect("config dir name");
+    let included = PathBuf::from("..").join(dir_name).join(main);
+    support::NatsServer::start(Some(&format!("include \"{}\"\n", included.display())))
+}
+
+/// Subjects, patterns and queue groups of the imported entries, for the generated operations.
+fn vocabulary(policy: &Value) -> Vocabulary {
+    let mut entries = Vec::new();
+    for rule in policy["rules"].as_array().expect("rules") {
+        for direction in ["publish", "subscribe"] {
+            let permission = &rule["permissions"][direction];
+            let lists = match permission {
+                Value::Array(_) => vec![permission],
+                _ => vec![&permission["allow"], &permission["deny"]],
+            };
+            for entry in lists.into_iter().filter_map(Value::as_array).flatten() {
+                entries.push(entry.as_str().expect("entry").to_owned());
+            }
+        }
+    }
+    let mut tokens = BTreeSet::from(["x".to_owned()]);
+    let mut patterns = BTreeSet::new();
+    let mut queues = BTreeSet::from(["q1".to_owned(), "_sys_".to_owned()]);
+    for entry in &entries {
+        let mut fields = entry.split(' ');
+        let subject = fields.next().expect("subject");
+        queues.extend(fields.map(str::to_owned));
+        patterns.insert(subject.to_owned());
+        tokens.extend(
+            subject
+                .split('.')
+                .filter(|token| !matches!(*token, "*" | ">"))
+                .map(str::to_owned),
+        );
+    }
+    Vocabulary {
+        tokens: tokens.into_iter().collect(),
+        patterns: patterns.into_iter().collect(),
+        queues: queues.into_iter().collect(),
+    }
+}
+
+/// Every imported user against nats-server: each rule's identity (its principal) resolved in
+/// the imported policy, and the nats-server user of the same name with `password`.
+fn round_trip(files: &[(&str, &str)], users: &[&str], password: &str) -> Outcome {
+    let dir = write_config(files);
+    let conf = dir.path().join(files[0].0);
+    let (policy, notes) = imported(&conf, users);
+    assert!(
+        notes.contains("natsguard: note: user \"feeder\" (") && notes.contains("is not imported"),
+        "{notes}"
+    );
+    let loaded = policy::load(&policy.to_string()).expect("the imported policy loads");
+    let server = start_server(dir.path(), files[0].0);
+    let started = Instant::now();
+    let mut feeder = Client::connect(server.port, "feeder", password);
+    let mut rng = Rng::with_vocabulary(SEED, vocabulary(&policy));
+    let mut outcome = Outcome::default();
+    let mut index = 0;
+    for rule in policy["rules"].as_array().expect("rules") {
+        let name = rule["name"].as_str().expect("name");
+        let principal = rule["from"]["principals"][0].as_str().expect("principal");
+        let identity = Identity {
+            spiffe: Some(SpiffeId::parse(&format!("spiffe://{principal}")).expect("SPIFFE ID")),
+            ..Identity::default()
+        };
+        for _ in 0..SESSIONS_PER_USER {
+            let ops = generate_ops(&mut rng);
+            let engine = loaded.policy.resolve(&identity).expect("the rule matches");
+            let mut user = Client::connect(server.port, name, password);
+            let run = UserRun {
+                index,
+                name,
+                block: &rule["permissions"],
+                ops: &ops,
+            };
+            run_user(&run, engine, &mut user, &mut feeder, started, &mut outcome);
+            index += 1;
+        }
+    }
+    eprintln!(
+        "{}: {} users, {} connections, {} decisions compared, {} looser, {} unexplained stricter, {} deliberate differences, in {:?}",
+        files[0].0,
+        policy["rules"].as_array().map_or(0, Vec::len),
+        index,
+        outcome.compared,
+        outcome.looser.len(),
+        outcome.mismatches.len(),
+        outcome.differences.len(),
+        started.elapsed()
+    );
+    assert!(
+        outcome.looser.is_empty(),
+        "natsguard is looser than nats-server:\n{}",
+        listed(&outcome.looser)
+    );
+    assert!(
+        outcome.mismatches.is_empty(),
+        "natsguard differs from nats-server:\n{}",
+        listed(&outcome.mismatches)
+    );
+    outcome
+}
+
+#[test]
+fn imported_users_decide_like_nats_server() {
+    let outcome = round_trip(INLINE, INLINE_USERS, "s3cret");
+    assert!(
+        outcome.compared >= 4_000,
+        "only {} decisions",
+        outcome.compared
+    );
+}
+
+#[test]
+fn imported_users_of_included_files_decide_like_nats_server() {
+    let outcome = round_trip(INCLUDED, INCLUDED_USERS, "pw");
+    assert!(
+        outcome.compared >= 1_500,
+        "only {} decisions",
+        outcome.compared
+    );
+}
+
+#[test]
+fn the_imported_policy_is_what_the_configuration_says() {
+    let dir = write_config(INLINE);
+    let (policy, notes) = imported(&dir.path().join(INLINE[0].0), INLINE_USERS);
+    assert_eq!(
+        policy["identity"],
+        serde_json::json!({ "spiffe": { "required": true, "trust_domains": ["cluster.local", "dev.example"] } })
+    );
+    assert_eq!(policy["default_action"], "deny");
+    let names: Vec<&str> = policy["rules"]
+        .as_array()
+        .expect("rules")
+        .iter()
+        .map(|rule| rule["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "billing-api",
+            "billing-worker",
+            "shipping",
+            "sandbox",
+            "auditor"
+        ]
+    );
+    assert_eq!(
+        policy["rules"][3]["permissions"],
+        serde_json::json!({ "publish": ["SANDBOX.*"], "subscribe": ["PUBLIC.>", "_INBOX.>"] })
+    );
+    assert_eq!(
+        policy["rules"][2]["permissions"]["subscribe"]["allow"][1],
+        "billing.events.* shipping"
+    );
+    let note_lines: Vec<&str> = notes.lines().collect();
+    assert_eq!(
+        note_lines,
+        [
+            "natsguard: note: user \"sandbox\" gets default_permissions (it has no permissions of its own)",
+            &format!(
+                "natsguard: note: user \"feeder\" ({}:37:5) is not imported: no --user names it",
+                dir.path().join(INLINE[0].0).display()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn failures_are_one_line_with_the_file_and_place() {
+    let dir = write_config(&[
+        ("accounts.conf", "port: 4222\naccounts {\n  A: { users: [ { user: a, password: b } ] }\n}\n"),
+        ("nkey.conf", "authorization {\n  users: [\n    { nkey: UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4 }\n  ]\n}\n"),
+        ("include.conf", "authorization {\n  users: [ { user: a } ]\n  include missing.conf\n}\n"),
+        ("users.conf", "authorization { users: [ { user: a, password: b } ] }\n"),
+    ]);
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let user = "a=cluster.local/ns/a/sa/a";
+    let cases = [
+        (
+            import(&dir.path().join("accounts.conf"), &[user]),
+            format!("natsguard: {}:2:1: accounts: accounts cannot be imported: natsguard logs every client in to nats-server as one user, so all of them share one account", path("accounts.conf")),
+        ),
+        (
+            import(&dir.path().join("nkey.conf"), &[user]),
+            format!("natsguard: {}:3:7: authorization.users[0].nkey: nkey users cannot be imported: natsguard knows a client by its SPIFFE ID or JWT and forwards its own credentials, so nats-server's nkey challenge never reaches the client", path("nkey.conf")),
+        ),
+        (
+            import(&dir.path().join("include.conf"), &[user]),
+            format!("natsguard: {}:3:3: cannot read include file {}: No such file or directory (os error 2)", path("include.conf"), path("missing.conf")),
+        ),
+        (
+            import(&dir.path().join("users.conf"), &["b=cluster.local/ns/b/sa/b"]),
+            format!("natsguard: {}:1:17: authorization.users: no user \"b\" (given with --user)", path("users.conf")),
+        ),
+        (
+            import(&dir.path().join("users.conf"), &["a=cluster.local/a"]),
+            "natsguard: --user \"a=cluster.local/a\": the principal must have Istio's form <trust-domain>/ns/<namespace>/sa/<service-account>".to_owned(),
+        ),
+        (
+            import(&dir.path().join("absent.conf"), &[user]),
+            format!("natsguard: {}: cannot read: No such file or directory (os error 2)", path("absent.conf")),
+        ),
+    ];
+    for (output, expected) in cases {
+        assert_eq!(output.status.code(), Some(2), "{expected}");
+        assert!(output.stdout.is_empty(), "{expected}");
+        assert_eq!(
+            String::from_utf8_lossy(&output.stderr),
+            format!("{expected}\n")
+        );
+    }
+    // --user is required (clap's usage error, exit 2).
+    let output = natsguard(&["import", &path("users.conf")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--user <NAME=PRINCIPAL>"));
+}
+
+#[test]
+fn help_shows_examples() {
+    let output = natsguard(&["import", "--help"]);
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("Examples:\n  natsguard import "), "{help}");
+    assert!(help.contains("--user <NAME=PRINCIPAL>"), "{help}");
+}
