@@ -60,6 +60,10 @@ pub enum Value {
     Datetime(String),
     Array(Vec<Node>),
     Map(Map),
+    /// A `$variable` that no enclosing key and no environment variable defines. nats-server
+    /// refuses the file then; the import refuses it only where the value is read, so that a
+    /// configuration whose passwords come from the environment imports anywhere.
+    Undefined(String),
 }
 
 /// A value and where it was written (for a variable reference: where the variable was defined).
@@ -1072,11 +1076,13 @@ impl Evaluator<'_> {
             ));
         }
         let Some(text) = self.inputs.env_var(name) else {
-            return Err(ImportError::at(
-                &at,
-                "",
-                format!("variable reference for {name:?} can not be found (no key or environment variable of that name)"),
-            ));
+            self.count(1, &at)?;
+            let value = Value::Undefined(name.to_owned());
+            return Ok(Node {
+                value,
+                at,
+                depth: 0,
+            });
         };
         // nats-server parses the variable's value as `pk=<value>`.
         let assignment = format!("pk={text}");

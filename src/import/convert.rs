@@ -114,15 +114,18 @@ fn child(path: &str, key: &str) -> String {
     }
 }
 
-fn kind(value: &Value) -> &'static str {
+fn kind(value: &Value) -> String {
     match value {
-        Value::String(_) => "a string",
-        Value::Bool(_) => "a boolean",
-        Value::Integer(_) => "an integer",
-        Value::Float(_) => "a float",
-        Value::Datetime(_) => "a datetime",
-        Value::Array(_) => "an array",
-        Value::Map(_) => "a map",
+        Value::String(_) => "a string".to_owned(),
+        Value::Bool(_) => "a boolean".to_owned(),
+        Value::Integer(_) => "an integer".to_owned(),
+        Value::Float(_) => "a float".to_owned(),
+        Value::Datetime(_) => "a datetime".to_owned(),
+        Value::Array(_) => "an array".to_owned(),
+        Value::Map(_) => "a map".to_owned(),
+        Value::Undefined(name) => {
+            format!("${name}, which no key or environment variable defines")
+        }
     }
 }
 

@@ -35,6 +35,7 @@ fn render(node: &Node) -> Json {
         Value::Float(float) => json!(float),
         Value::Datetime(text) => json!({ "datetime": text }),
         Value::Array(items) => Json::Array(items.iter().map(render).collect()),
+        Value::Undefined(name) => json!({ "undefined": name }),
         Value::Map(map) => Json::Object(
             map.entries()
                 .iter()
@@ -131,6 +132,12 @@ fn every_syntax_form_reads_as_nats_server_reads_it() {
                 "f": "$2a$11$abc"
             }),
         ),
+        // A variable defined later, or only in the file that includes this one, or nowhere, is
+        // undefined (an error only where the import reads it).
+        (
+            "a: $LATER\nLATER: 1\np: $UNSET",
+            json!({ "a": { "undefined": "LATER" }, "LATER": 1, "p": { "undefined": "UNSET" } }),
+        ),
         // A variable holding a map or an array copies it.
         (
             "P = { publish: [\"a\"] }\nusers: [ { permissions: $P }, { permissions: $P } ]",
@@ -167,6 +174,14 @@ fn includes_resolve_relative_to_the_including_file() {
         parse_files(&[(MAIN, "include /abs.conf"), ("conf/abs.conf", "a: 1")]),
         Ok(json!({ "a": 1 }))
     );
+    // An included file does not see the variables of the file that includes it.
+    assert_eq!(
+        parse_files(&[
+            (MAIN, "V = 1\ninclude inc.conf"),
+            ("conf/inc.conf", "b: $V")
+        ]),
+        Ok(json!({ "V": 1, "b": { "undefined": "V" } }))
+    );
 }
 
 #[test]
@@ -195,15 +210,6 @@ fn errors_name_the_file_line_and_column() {
         (&[(MAIN, "a: 2024-01-02")], "conf/nats.conf:1:4: expected a Zulu datetime such as 2006-01-02T15:04:05Z"),
         (&[(MAIN, "key")], "conf/nats.conf:1:4: key \"key\" has no value"),
         (&[(MAIN, "a: \"\\xff\"")], "conf/nats.conf:1:4: the string is not UTF-8 after its \\x escapes"),
-        // Variables: defined later, unknown, in an include of the file that defines them, cycles.
-        (
-            &[(MAIN, "a: $LATER\nLATER: 1")],
-            "conf/nats.conf:1:4: variable reference for \"LATER\" can not be found (no key or environment variable of that name)",
-        ),
-        (
-            &[(MAIN, "V = 1\ninclude inc.conf"), ("conf/inc.conf", "\n  b: $V")],
-            "conf/inc.conf:2:6: variable reference for \"V\" can not be found (no key or environment variable of that name)",
-        ),
         (&[(MAIN, "a: $LOOP")], "conf/nats.conf:1:4: variable reference cycle for \"LOOP\""),
         // Includes that cannot be read, and cycles, name the include line.
         (
@@ -506,6 +512,11 @@ fn what_natsguard_cannot_express_is_refused_with_its_place() {
         (
             "authorization { users: { user: api } }".to_owned(),
             "conf/nats.conf:1:24: authorization.users: expected users to be an array, found a map",
+        ),
+        // An undefined variable where a value is read (a password is not).
+        (
+            "authorization { users: [ { user: api, password: $API_PASS, permissions: $PERMS } ] }".to_owned(),
+            "conf/nats.conf:1:73: authorization.users[0].permissions: expected permissions to be a map, found $PERMS, which no key or environment variable defines",
         ),
         // --user names no user of the configuration.
         (
