@@ -9,7 +9,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use natsguard::identity::{Identity, SpiffeId};
@@ -126,11 +126,14 @@ fn write_config(files: &[(&str, &str)]) -> tempfile::TempDir {
     dir
 }
 
+fn natsguard_command(args: &[&str]) -> Command {
+    let mut command = support::bounded_command(env!("CARGO_BIN_EXE_natsguard"), COMMAND_LIMIT);
+    command.args(args);
+    command
+}
+
 fn natsguard(args: &[&str]) -> Output {
-    support::bounded_command(env!("CARGO_BIN_EXE_natsguard"), COMMAND_LIMIT)
-        .args(args)
-        .output()
-        .expect("run natsguard")
+    natsguard_command(args).output().expect("run natsguard")
 }
 
 fn import(conf: &Path, users: &[&str]) -> Output {
@@ -322,6 +325,67 @@ fn the_imported_policy_is_what_the_configuration_says() {
             ),
         ]
     );
+}
+
+/// The fenced code blocks of a section of docs/migration.md: (language, text).
+fn guide_blocks(guide: &str, heading: &str) -> Vec<(String, String)> {
+    let start = guide
+        .find(heading)
+        .unwrap_or_else(|| panic!("{heading} not found"));
+    let section = &guide[start..];
+    let end = section[heading.len()..]
+        .find("\n## ")
+        .map_or(section.len(), |end| end + heading.len());
+    section[..end]
+        .split("```")
+        .skip(1)
+        .step_by(2)
+        .map(|block| {
+            let (language, text) = block.split_once('\n').expect("fenced block");
+            (language.to_owned(), text.to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_worked_example_of_the_migration_guide_is_what_the_command_writes() {
+    let guide = std::fs::read_to_string(support::repo_root().join("docs/migration.md"))
+        .expect("read docs/migration.md");
+    let config = guide_blocks(&guide, "## 1. Before").remove(0).1;
+    let example = guide_blocks(
+        &guide,
+        "## Importing an existing nats-server authorization block",
+    );
+    let [(sh, command), (text, notes), (json, policy)] = &example[..] else {
+        panic!("expected the command, its notes and the policy: {example:?}")
+    };
+    assert_eq!(
+        (sh.as_str(), text.as_str(), json.as_str()),
+        ("sh", "text", "json")
+    );
+    let words: Vec<&str> = command.split_whitespace().collect();
+    let mut args = vec!["import", "nats-server.conf"];
+    for pair in words.windows(2).filter(|pair| pair[0] == "--user") {
+        args.extend(["--user", pair[1]]);
+    }
+    assert!(
+        command.starts_with("natsguard import nats-server.conf "),
+        "{command}"
+    );
+    let dir = write_config(&[("nats-server.conf", config.as_str())]);
+    let output = natsguard_command(&args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run natsguard");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let written: Value = serde_json::from_slice(&output.stdout).expect("the policy is JSON");
+    let shown: Value = serde_json::from_str(policy).expect("the guide's policy is JSON");
+    assert_eq!(written, shown);
+    assert_eq!(String::from_utf8_lossy(&output.stderr), *notes);
 }
 
 #[test]
