@@ -21,7 +21,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use support::conformance::{
-    generate_ops, listed, permissions, run_user, Client, Difference, Op, Outcome, Rng, UserRun,
+    generate_ops, permissions, run_user, Client, Difference, Op, Outcome, Rng, UserRun,
 };
 
 const DEFAULT_SEED: u64 = 0x6e61_7473_6775_6172;
@@ -301,23 +301,11 @@ fn engine_decides_like_nats_server() {
         }
     }
     eprintln!(
-        "seed {seed}: {users} users, {} decisions compared, {} looser, {} unexplained stricter, {} deliberate differences, in {:?}",
-        outcome.compared,
-        outcome.looser.len(),
-        outcome.mismatches.len(),
-        outcome.differences.len(),
+        "seed {seed}: {users} users, {}, in {:?}",
+        outcome.summary(),
         started.elapsed()
     );
-    assert!(
-        outcome.looser.is_empty(),
-        "seed {seed}: natsguard is looser than nats-server:\n{}",
-        listed(&outcome.looser)
-    );
-    assert!(
-        outcome.mismatches.is_empty(),
-        "seed {seed}: natsguard differs from nats-server:\n{}",
-        listed(&outcome.mismatches)
-    );
+    outcome.assert_conformant(&format!("seed {seed}"));
     assert!(
         outcome.compared >= 2_000.max(target),
         "only {} decisions compared",

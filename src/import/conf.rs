@@ -453,10 +453,98 @@ fn scalar(start: &str, value: Value) -> Syntax {
     }
 }
 
-/// An array or map that starts at `input` and whose closing bracket starts `rest`.
-fn closed<'a>(input: &'a str, rest: &'a str, kind: SyntaxKind) -> PResult<'a, Syntax> {
+/// How an array or a map is written.
+struct Brackets {
+    open: char,
+    close: char,
+    what: &'static str,
+    name: &'static str,
+    /// Characters that cannot start an item.
+    refused: &'static [char],
+    /// What may end an item (besides `close`).
+    separators: &'static [char],
+}
+
+const ARRAY: Brackets = Brackets {
+    open: '[',
+    close: ']',
+    what: "an array",
+    name: "array",
+    refused: &[',', '/'],
+    separators: &[',', '\n', '\r'],
+};
+
+const MAP: Brackets = Brackets {
+    open: '{',
+    close: '}',
+    what: "a map",
+    name: "map",
+    refused: &[']'],
+    separators: &[',', ';', '\n', '\r'],
+};
+
+/// The items of an array or a map, each read by `item`.
+fn bracketed<'a, T>(
+    input: &'a str,
+    depth: usize,
+    brackets: &Brackets,
+    mut item: impl FnMut(&'a str) -> PResult<'a, T>,
+) -> PResult<'a, Vec<T>> {
+    if depth > MAX_NESTING {
+        return failure(
+            input,
+            format!("arrays and maps nested deeper than {MAX_NESTING}"),
+        );
+    }
+    let (mut rest, _) = char(brackets.open)(input)?;
+    let mut items = Vec::new();
+    loop {
+        rest = gaps(rest);
+        match rest.chars().next() {
+            Some(c) if c == brackets.close => return Ok((&rest[1..], items)),
+            Some(c) if brackets.refused.contains(&c) => {
+                return failure(
+                    rest,
+                    format!("unexpected {} in {}", found(rest), brackets.what),
+                )
+            }
+            None => {
+                return failure(
+                    input,
+                    format!(
+                        "unterminated {} (no closing {})",
+                        brackets.name, brackets.close
+                    ),
+                )
+            }
+            _ => {}
+        }
+        let (after, parsed) = item(rest)?;
+        items.push(parsed);
+        let after = after_value(after);
+        match after.chars().next() {
+            Some(c) if c == brackets.close => return Ok((&after[1..], items)),
+            Some(c) if brackets.separators.contains(&c) => rest = &after[1..],
+            _ => {
+                return failure(
+                    after,
+                    format!(
+                        "expected ',' or '{}' after {} value, found {}",
+                        brackets.close,
+                        brackets.what,
+                        found(after)
+                    ),
+                )
+            }
+        }
+    }
+}
+
+fn array(input: &str, depth: usize) -> PResult<'_, Syntax> {
+    let (rest, items) = bracketed(input, depth, &ARRAY, |item| value(item, depth))?;
+    let kind = SyntaxKind::Array(items);
     Ok((
-        &rest[1..],
+        rest,
         Syntax {
             at: mark(input),
             kind,
@@ -464,78 +552,18 @@ fn closed<'a>(input: &'a str, rest: &'a str, kind: SyntaxKind) -> PResult<'a, Sy
     ))
 }
 
-fn array(input: &str, depth: usize) -> PResult<'_, Syntax> {
-    if depth > MAX_NESTING {
-        return failure(
-            input,
-            format!("arrays and maps nested deeper than {MAX_NESTING}"),
-        );
-    }
-    let (mut rest, _) = char('[')(input)?;
-    let mut items = Vec::new();
-    loop {
-        rest = gaps(rest);
-        match rest.chars().next() {
-            Some(']') => return closed(input, rest, SyntaxKind::Array(items)),
-            Some(',' | '/') => {
-                return failure(rest, format!("unexpected {} in an array", found(rest)))
-            }
-            None => return failure(input, "unterminated array (no closing ])"),
-            _ => {}
-        }
-        let (after, item) = value(rest, depth)?;
-        items.push(item);
-        let after = after_value(after);
-        match after.chars().next() {
-            Some(',' | '\n' | '\r') => rest = &after[1..],
-            Some(']') => return closed(input, after, SyntaxKind::Array(items)),
-            _ => {
-                return failure(
-                    after,
-                    format!(
-                        "expected ',' or ']' after an array value, found {}",
-                        found(after)
-                    ),
-                )
-            }
-        }
-    }
-}
-
 fn map(input: &str, depth: usize) -> PResult<'_, Syntax> {
-    if depth > MAX_NESTING {
-        return failure(
-            input,
-            format!("arrays and maps nested deeper than {MAX_NESTING}"),
-        );
-    }
-    let (mut rest, _) = char('{')(input)?;
-    let mut statements = Vec::new();
-    loop {
-        rest = gaps(rest);
-        match rest.chars().next() {
-            Some('}') => return closed(input, rest, SyntaxKind::Map(statements)),
-            Some(']') => return failure(rest, "unexpected ] in a map"),
-            None => return failure(input, "unterminated map (no closing })"),
-            _ => {}
-        }
-        let (after, statement) = statement(rest, Context::Map, depth)?;
-        statements.push(statement);
-        let after = after_value(after);
-        match after.chars().next() {
-            Some(',' | ';' | '\n' | '\r') => rest = &after[1..],
-            Some('}') => return closed(input, after, SyntaxKind::Map(statements)),
-            _ => {
-                return failure(
-                    after,
-                    format!(
-                        "expected ',' or '}}' after a map value, found {}",
-                        found(after)
-                    ),
-                )
-            }
-        }
-    }
+    let (rest, statements) = bracketed(input, depth, &MAP, |item| {
+        statement(item, Context::Map, depth)
+    })?;
+    let kind = SyntaxKind::Map(statements);
+    Ok((
+        rest,
+        Syntax {
+            at: mark(input),
+            kind,
+        },
+    ))
 }
 
 /// After a `\`: the bytes it stands for.

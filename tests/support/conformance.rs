@@ -375,6 +375,33 @@ pub struct Outcome {
     pub differences: BTreeSet<(usize, Difference)>,
 }
 
+impl Outcome {
+    /// The counts, for a test's summary line.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} decisions compared, {} looser, {} unexplained stricter, {} deliberate differences",
+            self.compared,
+            self.looser.len(),
+            self.mismatches.len(),
+            self.differences.len()
+        )
+    }
+
+    /// Never looser than nats-server, and identical except the documented differences.
+    pub fn assert_conformant(&self, context: &str) {
+        assert!(
+            self.looser.is_empty(),
+            "{context}: natsguard is looser than nats-server:\n{}",
+            listed(&self.looser)
+        );
+        assert!(
+            self.mismatches.is_empty(),
+            "{context}: natsguard differs from nats-server:\n{}",
+            listed(&self.mismatches)
+        );
+    }
+}
+
 /// One nats-server user under test.
 pub struct UserRun<'a> {
     /// Its number in the run (the key of [`Outcome::differences`]).
@@ -536,7 +563,7 @@ pub fn run_user(
     }
 }
 
-pub fn listed(reports: &[String]) -> String {
+fn listed(reports: &[String]) -> String {
     reports
         .iter()
         .take(20)
