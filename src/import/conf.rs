@@ -295,9 +295,6 @@ fn document(mut input: &str) -> PResult<'_, Vec<Statement>> {
             None => return Ok((input, statements)),
             Some('{') => {
                 blocks += 1;
-                if blocks > MAX_NESTING {
-                    return failure(input, format!("more than {MAX_NESTING} nested blocks"));
-                }
                 input = &input[1..];
                 continue;
             }

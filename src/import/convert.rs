@@ -711,8 +711,8 @@ pub(super) fn convert(
     }
     let mut trust_domains: Vec<&str> = Vec::new();
     for mapping in mappings {
-        if !trust_domains.contains(&mapping.trust_domain.as_str()) {
-            trust_domains.push(&mapping.trust_domain);
+        if !trust_domains.contains(&mapping.trust_domain()) {
+            trust_domains.push(mapping.trust_domain());
         }
     }
     let policy = json!({

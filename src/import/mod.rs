@@ -29,8 +29,13 @@ pub struct UserMapping {
     pub user: String,
     /// Istio's principal, `<trust-domain>/ns/<namespace>/sa/<service-account>`.
     pub principal: String,
+}
+
+impl UserMapping {
     /// The principal's trust domain.
-    pub trust_domain: String,
+    pub fn trust_domain(&self) -> &str {
+        self.principal.split('/').next().unwrap_or_default()
+    }
 }
 
 impl FromStr for UserMapping {
@@ -61,7 +66,6 @@ impl FromStr for UserMapping {
         Ok(UserMapping {
             user: user.to_owned(),
             principal: principal.to_owned(),
-            trust_domain: id.trust_domain,
         })
     }
 }

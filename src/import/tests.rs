@@ -553,7 +553,7 @@ fn user_mappings_take_istio_principals() {
         (
             parsed.user.as_str(),
             parsed.principal.as_str(),
-            parsed.trust_domain.as_str()
+            parsed.trust_domain()
         ),
         ("a=b", "cluster.local/ns/x/sa/y", "cluster.local")
     );
