@@ -56,7 +56,7 @@ authorization {
     { user: sandbox, password: $PASS }
     { user: auditor, password: $PASS
       permissions: {
-        import: { allow: "audit.>" }
+        import: { deny: "audit.secret.>" } # with allow_responses: replies only
         export: { allow: ">", deny: ["billing.admin.>", "shipping.* secret"] }
         publish_allow_responses: true
       }

@@ -195,7 +195,6 @@ struct Origin {
 struct Permissions {
     json: JsonMap<String, Json>,
     origins: Vec<Origin>,
-    notes: Vec<String>,
 }
 
 /// One entry of a publish or subscribe list.
@@ -223,8 +222,6 @@ fn permissions(node: &Node, path: &str) -> Result<Permissions, ImportError> {
         at: node.at.clone(),
         path: path.to_owned(),
     });
-    let mut publish_without_allow = None;
-    let mut responses = false;
     for field in fields(map, path, PERMISSIONS, Unknown::Refuse)? {
         match field.name {
             "allow_responses" => {
@@ -232,12 +229,11 @@ fn permissions(node: &Node, path: &str) -> Result<Permissions, ImportError> {
                     allow_responses(&field.entry.value, &field.path, &mut converted.origins)?
                 {
                     converted.json.insert(field.name.to_owned(), json);
-                    responses = true;
                 }
             }
             direction => {
                 let queues = direction == "subscribe";
-                let (json, has_allow) = subject_permission(
+                let json = subject_permission(
                     &field.entry.value,
                     &field.path,
                     direction,
@@ -247,30 +243,21 @@ fn permissions(node: &Node, path: &str) -> Result<Permissions, ImportError> {
                 if let Some(json) = json {
                     converted.json.insert(direction.to_owned(), json);
                 }
-                if direction == "publish" && !has_allow {
-                    publish_without_allow = Some(field.path);
-                }
             }
         }
-    }
-    if let (true, Some(publish)) = (responses, publish_without_allow) {
-        converted.notes.push(format!(
-            "{publish} has no allow list beside allow_responses: nats-server applies the two in random order (publish then unrestricted, or limited to replies); the rule limits publish to replies and explicit allows"
-        ));
     }
     Ok(converted)
 }
 
 /// `publish`/`subscribe` (parseVariablePermissions): a map with `allow`/`deny`, or a subject or
-/// list of subjects (an allow list). Returns the JSON (none when it restricts nothing) and
-/// whether it has an allow list.
+/// list of subjects (an allow list); none when it restricts nothing.
 fn subject_permission(
     node: &Node,
     path: &str,
     direction: &str,
     queues: bool,
     origins: &mut Vec<Origin>,
-) -> Result<(Option<Json>, bool), ImportError> {
+) -> Result<Option<Json>, ImportError> {
     let mut record = |json_path: String, entry: &SubjectEntry| {
         origins.push(Origin {
             json_path,
@@ -282,14 +269,14 @@ fn subject_permission(
     let Value::Map(map) = &node.value else {
         let allow = subjects(node, path, queues)?;
         if allow.is_empty() {
-            return Ok((None, false));
+            return Ok(None);
         }
         let list = allow
             .iter()
             .enumerate()
             .map(|(index, entry)| record(format!("{direction}[{index}]"), entry))
             .collect();
-        return Ok((Some(Json::Array(list)), true));
+        return Ok(Some(Json::Array(list)));
     };
     let mut lists = JsonMap::new();
     for field in fields(map, path, SUBJECT_PERMISSION, Unknown::Refuse)? {
@@ -304,11 +291,7 @@ fn subject_permission(
             .collect();
         lists.insert(field.name.to_owned(), Json::Array(list));
     }
-    let has_allow = lists.contains_key("allow");
-    Ok((
-        (!lists.is_empty()).then_some(Json::Object(lists)),
-        has_allow,
-    ))
+    Ok((!lists.is_empty()).then_some(Json::Object(lists)))
 }
 
 /// A subject or a list of subjects (parsePermSubjects).
@@ -696,12 +679,6 @@ pub(super) fn convert(
                 below => format!("{rule_path}.permissions.{below}"),
             };
             origins.push((json_path, origin.at.clone(), origin.path.clone()));
-        }
-        for note in permissions.notes {
-            // default_permissions' notes once, however many users take them.
-            if !notes.contains(&note) {
-                notes.push(note);
-            }
         }
         rules.push(json!({
             "name": user.name,

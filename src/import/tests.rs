@@ -336,6 +336,12 @@ fn permissions_keep_nats_server_meaning() {
             "authorization { users: [ { user: api, permissions: { publish: a, allow_responses: { max_responses: 0, expires: \"0\" } } } ] }",
             json!({ "publish": ["a"], "allow_responses": { "max": 0, "expires": "0" } }),
         ),
+        // allow_responses beside a publish without allow list: nats-server then installs an
+        // empty one (validateResponsePermissions), as natsguard does.
+        (
+            "authorization { users: [ { user: api, permissions: { publish: { deny: x }, allow_responses: true } } ] }",
+            json!({ "publish": { "deny": ["x"] }, "allow_responses": true }),
+        ),
         // Empty lists and maps restrict nothing; allow_responses false is off.
         (
             "authorization { users: [ { user: api, permissions: { publish: [], subscribe: { allow: [], deny: [] }, allow_responses: false } } ] }",
@@ -403,22 +409,6 @@ fn the_policy_names_rules_principals_and_trust_domains() {
     // users list only).
     let single = "authorization { user: api, password: pw, default_permissions: { publish: x } }";
     assert_eq!(rules(single, &[API])[0]["permissions"], json!({}));
-}
-
-#[test]
-fn notes_say_where_nats_server_is_ambiguous() {
-    let imported = convert(
-        "authorization { users: [ { user: api, permissions: { publish: { deny: x }, allow_responses: true } } ] }",
-        &[API],
-    )
-    .unwrap();
-    assert_eq!(
-        imported.notes,
-        [
-            "authorization.users[0].permissions.publish has no allow list beside allow_responses: nats-server applies the two in random order (publish then unrestricted, or limited to replies); the rule limits publish to replies and explicit allows",
-            "rule \"api\" leaves subscribe unrestricted",
-        ]
-    );
 }
 
 #[test]
