@@ -1,9 +1,11 @@
-//! `natsguard import` as a command (the built binary) on realistic nats-server configurations,
-//! and the round trip: nats-server started with the same configuration (users with passwords)
-//! decides like natsguard's engine with the imported policy, for every imported user, over
-//! generated SUBs (with and without queue), PUBs, deliveries from an unrestricted feeder and
-//! replies under allow_responses (the conformance harness of tests/support/conformance.rs:
-//! never looser, and identical except natsguard's documented deliberate differences).
+//! `natsguard import` as a command (the built binary) on realistic nats-server configurations
+//! and on a generated one (200 users, each a generated permissions block in a random spelling:
+//! aliases, separators, quoting, forms, variables), and the round trip: nats-server started
+//! with the same configuration (users with passwords) decides like natsguard's engine with the
+//! imported policy, for every imported user, over generated SUBs (with and without queue),
+//! PUBs, deliveries from an unrestricted feeder and replies under allow_responses (the
+//! conformance harness of tests/support/conformance.rs: never looser, and identical except
+//! natsguard's documented deliberate differences).
 
 mod support;
 
@@ -15,11 +17,16 @@ use std::time::{Duration, Instant};
 use natsguard::identity::{Identity, SpiffeId};
 use natsguard::policy;
 use serde_json::Value;
-use support::conformance::{generate_ops, run_user, Client, Outcome, Rng, UserRun, Vocabulary};
+use support::conformance::{
+    generate_block, generate_ops, run_user, Client, Outcome, Rng, UserRun, Vocabulary,
+};
 
 const SEED: u64 = 0x696d_706f_7274;
-/// Connections (each with freshly generated operations) per imported user.
+/// Connections (each with freshly generated operations) per imported user of the written
+/// configurations.
 const SESSIONS_PER_USER: usize = 40;
+/// Users of the generated configuration, one connection each.
+const GENERATED_USERS: usize = 200;
 const COMMAND_LIMIT: Duration = Duration::from_secs(30);
 
 /// The shapes of docs/migration.md in one file: variables, default_permissions, aliases,
@@ -197,10 +204,24 @@ fn vocabulary(policy: &Value) -> Vocabulary {
     }
 }
 
+/// How a round trip runs.
+struct Sessions {
+    /// The password of every user (the feeder's too).
+    password: &'static str,
+    /// Connections per imported user.
+    per_user: usize,
+    /// Decisions that must at least be compared.
+    min_decisions: usize,
+}
+
 /// Every imported user against nats-server: each rule's identity (its principal) resolved in
-/// the imported policy, and the nats-server user of the same name with `password`; at least
-/// `min_decisions` compared.
-fn round_trip(files: &[(&str, &str)], users: &[&str], password: &str, min_decisions: usize) {
+/// the imported policy, and the nats-server user of the same name.
+fn round_trip(files: &[(&str, &str)], users: &[&str], sessions: Sessions) {
+    let Sessions {
+        password,
+        per_user,
+        min_decisions,
+    } = sessions;
     let dir = write_config(files);
     let conf = dir.path().join(files[0].0);
     let (policy, notes) = imported(&conf, users);
@@ -222,7 +243,7 @@ fn round_trip(files: &[(&str, &str)], users: &[&str], password: &str, min_decisi
             spiffe: Some(SpiffeId::parse(&format!("spiffe://{principal}")).expect("SPIFFE ID")),
             ..Identity::default()
         };
-        for _ in 0..SESSIONS_PER_USER {
+        for _ in 0..per_user {
             let ops = generate_ops(&mut rng);
             let engine = loaded.policy.resolve(&identity).expect("the rule matches");
             let mut user = Client::connect(server.port, name, password);
@@ -253,12 +274,136 @@ fn round_trip(files: &[(&str, &str)], users: &[&str], password: &str, min_decisi
 
 #[test]
 fn imported_users_decide_like_nats_server() {
-    round_trip(INLINE, INLINE_USERS, "s3cret", 4_000);
+    let sessions = Sessions {
+        password: "s3cret",
+        per_user: SESSIONS_PER_USER,
+        min_decisions: 4_000,
+    };
+    round_trip(INLINE, INLINE_USERS, sessions);
 }
 
 #[test]
 fn imported_users_of_included_files_decide_like_nats_server() {
-    round_trip(INCLUDED, INCLUDED_USERS, "pw", 1_500);
+    let sessions = Sessions {
+        password: "pw",
+        per_user: SESSIONS_PER_USER,
+        min_decisions: 1_500,
+    };
+    round_trip(INCLUDED, INCLUDED_USERS, sessions);
+}
+
+/// A string as nats-server's configuration takes it: unquoted, `"double"` or `'single'` quoted.
+fn conf_string(rng: &mut Rng, text: &str) -> String {
+    match rng.below(3) {
+        0 if !text.contains(' ') => text.to_owned(),
+        1 => format!("'{text}'"),
+        _ => format!("\"{text}\""),
+    }
+}
+
+/// `key value` with one of nats-server's separators.
+fn conf_entry(rng: &mut Rng, key: &str, value: &str) -> String {
+    format!("{key}{}{value}", rng.pick(&[": ", " = ", " ", ":", "="]))
+}
+
+fn conf_map(rng: &mut Rng, entries: &[String]) -> String {
+    let comment = if rng.chance(20) { "// generated\n" } else { "" };
+    let separator = rng.pick(&[", ", "\n", "; ", ",\n"]);
+    format!("{{ {comment}{} }}", entries.join(separator))
+}
+
+fn conf_list(rng: &mut Rng, items: &[Value]) -> String {
+    let items: Vec<String> = items
+        .iter()
+        .map(|item| conf_string(rng, item.as_str().expect("subject")))
+        .collect();
+    format!("[{}]", items.join(rng.pick(&[", ", ",\n", "\n", " , "])))
+}
+
+/// A generated permissions block in nats-server's spelling: aliases, separators, quoting, the
+/// string, list and map forms, comments, each chosen at random.
+fn conf_permissions(rng: &mut Rng, block: &Value) -> String {
+    let mut entries = Vec::new();
+    for (name, value) in block.as_object().expect("block") {
+        let (key, text) = match name.as_str() {
+            "allow_responses" => {
+                let key = rng.pick(&["allow_responses", "publish_allow_responses"]);
+                let text = match value {
+                    Value::Bool(_) => rng.pick(&["true", "yes", "on", "TRUE"]).to_owned(),
+                    limits => {
+                        let max = limits["max"].to_string();
+                        let expires = limits["expires"].as_str().expect("expires");
+                        let max_key =
+                            rng.pick(&["max", "max_msgs", "max_messages", "max_responses"]);
+                        let expires_key = rng.pick(&["expires", "expiration", "ttl"]);
+                        let limits = [
+                            conf_entry(rng, max_key, &max),
+                            conf_entry(rng, expires_key, &format!("\"{expires}\"")),
+                        ];
+                        conf_map(rng, &limits)
+                    }
+                };
+                (key, text)
+            }
+            direction => {
+                let key = match direction {
+                    "publish" => rng.pick(&["publish", "pub", "import", "Publish"]),
+                    _ => rng.pick(&["subscribe", "sub", "export", "SUB"]),
+                };
+                let text = match value {
+                    Value::Array(items) if items.len() == 1 && rng.chance(50) => {
+                        conf_string(rng, items[0].as_str().expect("subject"))
+                    }
+                    Value::Array(items) => conf_list(rng, items),
+                    lists => {
+                        let mut fields = Vec::new();
+                        for (list, items) in lists.as_object().expect("allow/deny") {
+                            let items = conf_list(rng, items.as_array().expect("list"));
+                            fields.push(conf_entry(rng, list, &items));
+                        }
+                        conf_map(rng, &fields)
+                    }
+                };
+                (key, text)
+            }
+        };
+        entries.push(conf_entry(rng, key, &text));
+    }
+    conf_map(rng, &entries)
+}
+
+#[test]
+fn generated_configurations_decide_like_nats_server() {
+    let mut rng = Rng::new(SEED);
+    let mut variables = String::new();
+    let mut users = vec!["    { user: feeder, password: pw, permissions: {} }".to_owned()];
+    for index in 0..GENERATED_USERS {
+        let block = generate_block(&mut rng);
+        let permissions = conf_permissions(&mut rng, &block);
+        let key = rng.pick(&["permissions", "permission", "authorization"]);
+        let value = if rng.chance(30) {
+            variables += &format!("  P{index} = {permissions}\n");
+            format!("$P{index}")
+        } else {
+            permissions
+        };
+        let entry = conf_entry(&mut rng, key, &value);
+        users.push(format!("    {{ user: u{index}, password: pw, {entry} }}"));
+    }
+    let config = format!(
+        "# {GENERATED_USERS} generated users\nauthorization {{\n{variables}  users: [\n{}\n  ]\n}}\n",
+        users.join("\n")
+    );
+    let mappings: Vec<String> = (0..GENERATED_USERS)
+        .map(|index| format!("u{index}=cluster.local/ns/generated/sa/u{index}"))
+        .collect();
+    let mappings: Vec<&str> = mappings.iter().map(String::as_str).collect();
+    let sessions = Sessions {
+        password: "pw",
+        per_user: 1,
+        min_decisions: 4_000,
+    };
+    round_trip(&[("generated.conf", &config)], &mappings, sessions);
 }
 
 #[test]

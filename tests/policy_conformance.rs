@@ -21,7 +21,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use support::conformance::{
-    generate_ops, permissions, run_user, Client, Difference, Op, Outcome, Rng, UserRun,
+    generate_block, generate_ops, permissions, run_user, Client, Difference, Op, Outcome, Rng,
+    UserRun,
 };
 
 const DEFAULT_SEED: u64 = 0x6e61_7473_6775_6172;
@@ -33,81 +34,6 @@ const PASSWORD: &str = "pw";
 struct Scenario {
     block: Value,
     ops: Vec<Op>,
-}
-
-fn generate_entries(rng: &mut Rng, max: usize, queues: bool) -> Vec<String> {
-    (0..rng.below(max + 1))
-        .map(|_| {
-            let subject = rng.pattern();
-            if queues && rng.chance(25) {
-                format!("{subject} {}", rng.pick(&["q1", "v.*", "q2"]))
-            } else {
-                subject
-            }
-        })
-        .collect()
-}
-
-/// Subscribe permissions where queue entries with wildcard subjects meet plain allows that cover
-/// them (`* q2` beside `>`): the class where a strict reading of a restricting entry would be
-/// looser than nats-server's.
-fn generate_queue_restrictions(rng: &mut Rng) -> Value {
-    let mut allow: Vec<String> = (0..1 + rng.below(2))
-        .map(|_| {
-            let subject = match rng.below(4) {
-                0 => "*".to_owned(),
-                1 => format!("{}.*", rng.pick(&["a", "b"])),
-                _ => rng.pattern(),
-            };
-            format!("{subject} {}", rng.pick(&["q1", "q2", "v.*", "v.>"]))
-        })
-        .collect();
-    for _ in 0..1 + rng.below(2) {
-        allow.push(match rng.below(3) {
-            0 => ">".to_owned(),
-            _ => rng.pattern(),
-        });
-    }
-    let deny = generate_entries(rng, 1, true);
-    if rng.chance(30) {
-        json!(allow)
-    } else {
-        json!({ "allow": allow, "deny": deny })
-    }
-}
-
-fn generate_block(rng: &mut Rng) -> Value {
-    let mut block = serde_json::Map::new();
-    if rng.chance(75) {
-        let allow = generate_entries(rng, 3, false);
-        let deny = generate_entries(rng, 2, false);
-        let publish = if rng.chance(20) && !allow.is_empty() {
-            json!(allow)
-        } else {
-            json!({ "allow": allow, "deny": deny })
-        };
-        block.insert("publish".into(), publish);
-    }
-    if rng.chance(35) {
-        block.insert("subscribe".into(), generate_queue_restrictions(rng));
-    } else if rng.chance(60) {
-        let allow = generate_entries(rng, 3, true);
-        let deny = generate_entries(rng, 2, true);
-        block.insert("subscribe".into(), json!({ "allow": allow, "deny": deny }));
-    }
-    match rng.below(100) {
-        0..=14 => {
-            block.insert("allow_responses".into(), json!(true));
-        }
-        15..=34 => {
-            block.insert(
-                "allow_responses".into(),
-                json!({ "max": 2, "expires": "1m" }),
-            );
-        }
-        _ => {}
-    }
-    Value::Object(block)
 }
 
 fn generate_scenario(rng: &mut Rng) -> Scenario {
