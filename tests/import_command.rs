@@ -274,22 +274,17 @@ fn round_trip(files: &[(&str, &str)], users: &[&str], sessions: Sessions) {
 
 #[test]
 fn imported_users_decide_like_nats_server() {
-    let sessions = Sessions {
-        password: "s3cret",
-        per_user: SESSIONS_PER_USER,
-        min_decisions: 4_000,
-    };
-    round_trip(INLINE, INLINE_USERS, sessions);
-}
-
-#[test]
-fn imported_users_of_included_files_decide_like_nats_server() {
-    let sessions = Sessions {
-        password: "pw",
-        per_user: SESSIONS_PER_USER,
-        min_decisions: 1_500,
-    };
-    round_trip(INCLUDED, INCLUDED_USERS, sessions);
+    for (files, users, password, min_decisions) in [
+        (INLINE, INLINE_USERS, "s3cret", 4_000),
+        (INCLUDED, INCLUDED_USERS, "pw", 1_500),
+    ] {
+        let sessions = Sessions {
+            password,
+            per_user: SESSIONS_PER_USER,
+            min_decisions,
+        };
+        round_trip(files, users, sessions);
+    }
 }
 
 /// A string as nats-server's configuration takes it: unquoted, `"double"` or `'single'` quoted.
