@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each integration test binary uses a different part of the harness
 
 pub mod cluster;
+pub mod conformance;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
