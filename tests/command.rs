@@ -198,6 +198,11 @@ fn check_reports_each_error_on_one_line_with_its_json_path() {
             "-: error: rules[0].from.claims.groups[0]: \"a*b\": '*' is only allowed alone, at the start or at the end",
         ),
         (
+            // What the configuration contains is escaped: an error stays one line.
+            format!(r#"{{ {SPIFFE}, "rules": [{{ "name": "a", "permissions": {{ "pub\nlish\u001b": [] }} }}] }}"#),
+            "-: error: rules[0].permissions.pub\\nlish\\u{1b}: unknown field `pub\\nlish\\u{1b}`, expected one of `publish`, `subscribe`, `allow_responses` at line 1 column 127",
+        ),
+        (
             "{ \"rules\": [,] }".to_owned(),
             "-: error: not valid JSON: expected value at line 1 column 13",
         ),

@@ -35,6 +35,7 @@ pub use connection::{
     SubscribeDecision, MAX_TRACKED_REPLIES, MAX_TRACKED_REPLY_BYTES,
 };
 pub use explain::Ruling;
+pub(crate) use config::one_line;
 pub use identity_facts::IdentityFacts;
 pub use lint::Warning;
 pub use subject::is_valid_subject;
