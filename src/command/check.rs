@@ -24,7 +24,9 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
     let found = match configurations(text) {
         Ok(found) => found,
         Err(reason) => {
-            checked.errors.push(format!("{name}: error: {}", one_line(&reason)));
+            checked
+                .errors
+                .push(format!("{name}: error: {}", one_line(&reason)));
             return checked;
         }
     };
@@ -72,7 +74,9 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
                     ));
                 }
             }
-            Err(reason) => checked.errors.push(format!("{at}: error: {}", one_line(&reason))),
+            Err(reason) => checked
+                .errors
+                .push(format!("{at}: error: {}", one_line(&reason))),
         }
     }
     checked

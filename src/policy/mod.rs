@@ -25,6 +25,7 @@ pub use compile::{
     policy_version, LoadedPolicy, NoMatchingRule, Policy, RuleMatch, TrustedProxySeed,
     UpstreamCredentials,
 };
+pub(crate) use config::one_line;
 pub use config::{
     AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
     PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig, SubjectPermissionConfig,
@@ -35,7 +36,6 @@ pub use connection::{
     SubscribeDecision, MAX_TRACKED_REPLIES, MAX_TRACKED_REPLY_BYTES,
 };
 pub use explain::Ruling;
-pub(crate) use config::one_line;
 pub use identity_facts::IdentityFacts;
 pub use lint::Warning;
 pub use subject::is_valid_subject;
