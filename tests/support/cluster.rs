@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::{
@@ -20,6 +21,14 @@ pub const NODES: usize = 3;
 
 /// How long a node may take to rejoin: routes up, JetStream caught up (`/healthz`).
 pub const REJOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// nats-server's `lame_duck_duration` on every node (its minimum): by then a node in lame duck
+/// mode has closed every client.
+pub const LAME_DUCK_DURATION: Duration = Duration::from_secs(30);
+
+/// One cluster at a time per test binary: three nats-servers with JetStream and three Envoys are
+/// most of a two-core CI machine, and two of them side by side turned fail-over times into noise.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// Where one node's nats-server listens; kept across restarts, as a pod keeps its ports.
 #[derive(Clone, Debug)]
@@ -35,12 +44,18 @@ pub struct Cluster {
     ports: Vec<NodePorts>,
     /// The nodes' JetStream stores, which outlive their nats-servers.
     store: tempfile::TempDir,
+    /// Held until everything above has stopped (fields drop in order).
+    _turn: MutexGuard<'static, ()>,
 }
 
 impl Cluster {
     /// The cluster with `options` for every node's mesh (workers, the `idp` endpoint); returns
     /// once routes are up, JetStream has a meta leader and every Envoy is ready.
     pub fn start(policy_json: &str, options: MeshOptions) -> Cluster {
+        // A test that failed while holding it poisoned nothing another cluster needs.
+        let turn = ONE_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let ports: Vec<NodePorts> = free_ports(3 * NODES)
             .chunks(3)
             .map(|p| NodePorts {
@@ -71,6 +86,7 @@ impl Cluster {
             nodes,
             ports,
             store,
+            _turn: turn,
         };
         for node in 0..NODES {
             cluster.wait_until_rejoined(node);
@@ -196,12 +212,13 @@ fn start_node_server(node: usize, ports: &[NodePorts], store: &Path) -> NatsServ
     // duration, over which it closes the clients (one a second at most, so a few take seconds).
     let config = format!(
         "server_name: n{node}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\nlog_file: \"{}\"\n\
-         lame_duck_grace_period: 1s\nlame_duck_duration: 30s\n\
+         lame_duck_grace_period: 1s\nlame_duck_duration: {}s\n\
          jetstream {{ store_dir: \"{}\" }}\n\
          cluster {{ name: natsguard, listen: 127.0.0.1:{}, routes: [{}] }}\n",
         own.client,
         own.monitor,
         log.display(),
+        LAME_DUCK_DURATION.as_secs(),
         store.join(format!("n{node}")).display(),
         own.route,
         routes.join(", ")
