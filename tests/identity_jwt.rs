@@ -927,6 +927,36 @@ fn static_and_remote_keys_combine() {
     );
 }
 
+// ---------------------------------------------------------------- verified tokens remembered
+
+/// A token verified once is remembered by its digest (a reconnect costs no second signature
+/// check), and every later answer is the one a full verification would give at that time.
+#[test]
+fn a_remembered_token_gets_the_answer_a_full_verification_would_give() {
+    let auth = authenticator();
+    let mut payload = standard_payload();
+    payload["nbf"] = json!(NOW + 60);
+    let token = eddsa_token(json!({ "alg": "EdDSA", "kid": "ed" }), payload);
+    let first = accepted_jwt(&auth, &token);
+    assert_eq!(accepted_jwt(&auth, &token), first);
+    // Valid through exp + skew, expired one second later.
+    let at = |now: u64| auth.authenticate(None, Some(&token), now);
+    assert!(matches!(at(NOW + 660), AuthOutcome::Authenticated(_)));
+    assert_eq!(at(NOW + 661), AuthOutcome::Rejected(Rejection::JwtExpired));
+    // A clock gone back before the first verification: nbf (within the skew at NOW) fails.
+    assert!(matches!(at(NOW), AuthOutcome::Authenticated(_)));
+    assert_eq!(
+        at(NOW - 1),
+        AuthOutcome::Rejected(Rejection::JwtNotYetValid)
+    );
+    // The remembered token with another signature is another token.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let flipped = if signature.starts_with('A') { "B" } else { "A" };
+    let forged = format!("{signed}.{flipped}{}", &signature[1..]);
+    assert_eq!(rejected(&auth, &forged), "jwt_bad_signature");
+    assert_eq!(accepted_jwt(&auth, &token), first);
+}
+
 // ---------------------------------------------------------------- static JWKS errors
 
 fn config_error(jwks: Value, algorithms: &[&str]) -> ConfigIssue {

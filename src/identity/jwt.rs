@@ -2,6 +2,7 @@
 //! time, issuer and audience checks by jwt-simple with the host's time as input.
 
 use std::collections::HashSet;
+use std::sync::Mutex;
 
 use jwt_simple::prelude::{Duration, UnixTimeStamp, VerificationOptions};
 use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
@@ -10,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::config::{ConfigIssue, JwtAlgorithm, JwtConfig, JwtProviderConfig, RemoteJwksConfig};
 use super::jwks::{JwksError, KeySet, VerificationKey};
+use super::verified_tokens::{self, VerifiedTokens, MAX_VERIFIED_TOKENS};
 use super::{Rejection, VerifiedJwt};
 
 /// Largest token accepted; real access tokens are a few KiB.
@@ -25,10 +27,12 @@ pub(crate) enum JwtVerification {
     Rejected(Rejection),
 }
 
-/// All configured providers.
+/// All configured providers, and the tokens they verified.
 #[derive(Debug)]
 pub(crate) struct JwtVerifier {
     providers: Vec<Provider>,
+    /// A mutex, not a cell: a configuration is shared; in the VM (one thread) it never waits.
+    verified: Mutex<VerifiedTokens>,
 }
 
 #[derive(Debug)]
@@ -65,14 +69,32 @@ impl JwtVerifier {
             .enumerate()
             .map(|(index, provider)| Provider::new(provider, &format!("jwt.providers[{index}]")))
             .collect::<Result<_, _>>()?;
-        Ok(JwtVerifier { providers })
+        Ok(JwtVerifier {
+            providers,
+            verified: Mutex::new(VerifiedTokens::new(MAX_VERIFIED_TOKENS)),
+        })
     }
 
     pub(crate) fn verify(&self, token: &str, now: u64) -> JwtVerification {
+        let digest = verified_tokens::digest(token);
+        if let Some(verified) = self.verified_tokens().get(&digest, now) {
+            return JwtVerification::Verified(verified);
+        }
         match self.try_verify(token, now) {
+            Ok(JwtVerification::Verified(verified)) => {
+                self.verified_tokens().remember(digest, &verified, now);
+                JwtVerification::Verified(verified)
+            }
             Ok(verification) => verification,
             Err(rejection) => JwtVerification::Rejected(rejection),
         }
+    }
+
+    fn verified_tokens(&self) -> std::sync::MutexGuard<'_, VerifiedTokens> {
+        // Entries are whole values: a panic elsewhere leaves none half written.
+        self.verified
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn try_verify(&self, token: &str, now: u64) -> Result<JwtVerification, Rejection> {
@@ -118,6 +140,8 @@ impl JwtVerifier {
         if let Some(remote) = &mut provider.remote {
             remote.fetched = Some((keys, now));
         }
+        // A token the old key set verified is verified again with the new one.
+        self.verified_tokens().forget_provider(name);
         Ok(())
     }
 

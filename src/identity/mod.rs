@@ -16,6 +16,7 @@ mod jwks;
 mod jwt;
 mod nkey;
 mod spiffe;
+mod verified_tokens;
 
 use std::fmt;
 
