@@ -342,44 +342,7 @@ impl Mesh {
         let config = render_mesh_config(&port_map, &cert_dir(), filter);
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).expect("write envoy.yaml");
-        let log = dir.path().join("envoy.log");
-        let stdout = std::fs::File::create(dir.path().join("envoy.stdout")).expect("envoy.stdout");
-        let mut child = envoy_command(dir.path())
-            .arg("-c")
-            .arg(&config_path)
-            .args([
-                "--disable-hot-restart",
-                "--concurrency",
-                &workers.to_string(),
-                "--file-flush-interval-msec",
-                "20",
-                "--log-path",
-            ])
-            .arg(&log)
-            .current_dir(repo_root())
-            .stdout(stdout)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn envoy");
-        wait_for_port(admin_port, &mut child, "envoy", &log);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if http_get(admin_port, "/ready")
-                .map(|body| body.trim() == "LIVE")
-                .unwrap_or(false)
-            {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("envoy exited ({status}):\n{}", read_log(&log));
-            }
-            assert!(
-                Instant::now() < deadline,
-                "envoy not ready in time:\n{}",
-                read_log(&log)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let envoy = start_envoy(dir.path(), &config_path, workers, admin_port);
         Mesh {
             nats,
             admin_port,
@@ -387,10 +350,7 @@ impl Mesh {
             identity_ports,
             dir,
             workers,
-            envoy: Process {
-                child,
-                name: "envoy",
-            },
+            envoy,
         }
     }
 
@@ -533,6 +493,53 @@ fn applied_line(policy_json: &str) -> String {
 }
 
 /// Writes natsguard's ECDS file (the built module, the harness's filter settings) atomically.
+/// Envoy with the configuration at `config_path` and `workers` worker threads, its log in `dir`;
+/// returns once its admin endpoint on `admin_port` says LIVE.
+pub fn start_envoy(dir: &Path, config_path: &Path, workers: usize, admin_port: u16) -> Process {
+    let log = dir.join("envoy.log");
+    let stdout = std::fs::File::create(dir.join("envoy.stdout")).expect("envoy.stdout");
+    let mut child = envoy_command(dir)
+        .arg("-c")
+        .arg(&config_path)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            &workers.to_string(),
+            "--file-flush-interval-msec",
+            "20",
+            "--log-path",
+        ])
+        .arg(&log)
+        .current_dir(repo_root())
+        .stdout(stdout)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn envoy");
+    wait_for_port(admin_port, &mut child, "envoy", &log);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if http_get(admin_port, "/ready")
+            .map(|body| body.trim() == "LIVE")
+            .unwrap_or(false)
+        {
+            break;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("envoy exited ({status}):\n{}", read_log(&log));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "envoy not ready in time:\n{}",
+            read_log(&log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Process {
+        child,
+        name: "envoy",
+    }
+}
+
 pub fn write_policy(ecds: &Path, policy_json: &str) {
     let settings = natsguard::ecds::FilterSettings::natsguard(wasm_module().display().to_string());
     let version = natsguard::policy::policy_version(policy_json);

@@ -1,6 +1,6 @@
 //! natsguard's load generator and benchmark driver (`make bench` runs it through scripts/bench.sh).
 //!
-//! In one run it starts, one after the other, the four setups of the benchmark on loopback ports
+//! In one run it starts, one after the other, the five setups of the benchmark on loopback ports
 //! (with the test harness of tests/support, so the benchmark runs the committed envoy/mesh.yaml):
 //!   1. client → nats-server;
 //!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
@@ -8,9 +8,11 @@
 //!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
 //!   5. as 4 with a shadow policy beside it (the same 1,000 rules with one more deny entry each
 //!      for the benchmark client's rules): every decision made twice, what a rollout costs.
+//! and then the filter on the wire (wire.rs): one Envoy, four plaintext listeners (tcp_proxy, a
+//! pass-through module, natsguard allow-all and restricted) measured in interleaved rounds.
 //!
 //! It measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
-//! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
+//! each thread's /proc/<pid>/task/<tid>/schedstat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
 //! per idle connection, runs `nats bench` (the nats CLI's benchmark, the figure NATS users quote)
 //! on the same setups, and writes the Markdown report.
 //!
@@ -19,13 +21,14 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4,5] [--only throughput,latency,connect,memory,nats-bench,live-policy]
+//!            [--setups 1,2,3,4,5] [--only throughput,latency,connect,memory,nats-bench,live-policy,wire]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
+mod wire;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -52,7 +55,9 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5: 1 direct, 2 Envoy tcp_proxy,
                         3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow)
   --only LIST           measurements, e.g. throughput,latency (default all:
-                        throughput,latency,connect,memory,nats-bench,live-policy)
+                        throughput,latency,connect,memory,nats-bench,live-policy,wire; wire is
+                        the one-Envoy plaintext setup: tcp_proxy, pass-through module, natsguard
+                        allow-all and restricted, interleaved, with its CONNECT figures)
   --help                this text";
 
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
@@ -213,7 +218,25 @@ struct Setup {
     running: Running,
 }
 
+/// Where a throughput run sends its messages, and whose CPU it counts.
+struct Target<'a> {
+    port: u16,
+    token: Option<&'a str>,
+    /// Subjects start with this (a policy may grant only some subjects).
+    prefix: &'a str,
+    envoy_pid: Option<u32>,
+}
+
 impl Setup {
+    fn target(&self) -> Target<'_> {
+        Target {
+            port: self.port(),
+            token: self.token.as_deref(),
+            prefix: &self.prefix,
+            envoy_pid: self.envoy_pid(),
+        }
+    }
+
     fn port(&self) -> u16 {
         match &self.running {
             Running::Direct(nats) => nats.port,
@@ -369,31 +392,25 @@ impl Idp {
 // ---------------------------------------------------------------------------------------------
 // Measurements.
 
-/// User + system CPU time of a process (all its threads), from the kernel's accounting.
+/// CPU time of a process, all its threads, in nanoseconds: the sum of each thread's
+/// `/proc/<pid>/task/<tid>/schedstat` run time (/proc/<pid>/stat counts 10 ms ticks, too coarse
+/// for a run of a million small messages).
 fn cpu_time(pid: u32) -> Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).map_err(|e| e.to_string())?;
-    // Fields after the command name (which is in parentheses and may contain spaces).
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .ok_or("unreadable /proc stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-    // utime and stime are fields 14 and 15 of stat(5); `fields` starts at field 3.
-    let total = ticks(11).zip(ticks(12)).ok_or("no utime/stime")?;
-    Ok(Duration::from_secs_f64(
-        (total.0 + total.1) as f64 / clock_ticks_per_second(),
-    ))
-}
-
-fn clock_ticks_per_second() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|out| String::from_utf8(out.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).map_err(|e| e.to_string())?;
+    let mut total = 0u64;
+    for task in tasks {
+        let path = task.map_err(|e| e.to_string())?.path().join("schedstat");
+        // A thread that ended since the listing took its time with it.
+        let Ok(schedstat) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += schedstat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .ok_or_else(|| format!("unreadable {}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(total))
 }
 
 /// The median of repeated runs' figures (the cores are shared: single runs vary).
@@ -436,13 +453,13 @@ impl Throughput {
 }
 
 async fn throughput(
-    setup: &Setup,
+    target: &Target<'_>,
     payload: usize,
     publishers: usize,
     run_for: Duration,
 ) -> Result<Throughput> {
-    let subject = format!("{}.data", setup.prefix);
-    let mut subscriber = connect(setup.port(), setup.token.as_deref()).await?;
+    let subject = format!("{}.data", target.prefix);
+    let mut subscriber = connect(target.port, target.token).await?;
     subscribe(&mut subscriber, &subject).await?;
     let received = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(std::sync::Mutex::new(None::<String>));
@@ -469,7 +486,7 @@ async fn throughput(
 
     let mut connections = Vec::new();
     for _ in 0..publishers {
-        connections.push(connect(setup.port(), setup.token.as_deref()).await?);
+        connections.push(connect(target.port, target.token).await?);
     }
     let frame = [
         format!("PUB {subject} {payload}\r\n").into_bytes(),
@@ -483,7 +500,7 @@ async fn throughput(
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
 
-    let cpu_before = setup.envoy_pid().map(cpu_time).transpose()?;
+    let cpu_before = target.envoy_pid.map(cpu_time).transpose()?;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for mut connection in connections {
@@ -528,7 +545,7 @@ async fn throughput(
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     let elapsed = started.elapsed();
-    let cpu_after = setup.envoy_pid().map(cpu_time).transpose()?;
+    let cpu_after = target.envoy_pid.map(cpu_time).transpose()?;
     counting.abort();
     drop(open);
     Ok(Throughput {
@@ -942,14 +959,16 @@ struct Results {
 async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Result<Results> {
     eprintln!("loadgen: {}", setup.name);
     // Warm-up: V8 tiers the module up, Envoy and nats-server allocate their buffers.
-    throughput(setup, 128, 1, Duration::from_millis(500)).await?;
+    throughput(&setup.target(), 128, 1, Duration::from_millis(500)).await?;
     let mut results = Vec::new();
     if options.measures(Measurement::Throughput) {
         for &payload in &options.payloads {
             for publishers in PUBLISHERS {
                 let mut runs = Vec::with_capacity(ROUNDS);
                 for _ in 0..ROUNDS {
-                    runs.push(throughput(setup, payload, publishers, options.run_for).await?);
+                    runs.push(
+                        throughput(&setup.target(), payload, publishers, options.run_for).await?,
+                    );
                 }
                 let run = Throughput::median(&runs);
                 eprintln!(
@@ -1049,15 +1068,17 @@ enum Measurement {
     Memory,
     NatsBench,
     LivePolicy,
+    Wire,
 }
 
-const MEASUREMENTS: [Measurement; 6] = [
+const MEASUREMENTS: [Measurement; 7] = [
     Measurement::Throughput,
     Measurement::Latency,
     Measurement::Connect,
     Measurement::Memory,
     Measurement::NatsBench,
     Measurement::LivePolicy,
+    Measurement::Wire,
 ];
 
 impl Measurement {
@@ -1069,6 +1090,7 @@ impl Measurement {
             Measurement::Memory => "memory",
             Measurement::NatsBench => "nats-bench",
             Measurement::LivePolicy => "live-policy",
+            Measurement::Wire => "wire",
         }
     }
 }
@@ -1259,7 +1281,20 @@ fn run() -> Result<()> {
         let results = runtime.block_on(measure(&setup, &options, &tokens))?;
         rows.push(Some((setup.name, results)));
     }
-    let mut report = report(&rows, started.elapsed(), &options);
+    let wire = if options.measures(Measurement::Wire) {
+        eprintln!("loadgen: the filter on the wire (one Envoy, four plaintext listeners)");
+        let bench = wire::WireBench::start(&jwks);
+        let token = idp.token(CONNECTS)?;
+        let per_message = runtime.block_on(wire::per_message(&bench, &token, &options.payloads))?;
+        let connect = Some(runtime.block_on(wire::connect_cost(&bench, &idp))?);
+        Some(wire::Wire {
+            per_message,
+            connect,
+        })
+    } else {
+        None
+    };
+    let mut report = report(&rows, wire.as_ref(), started.elapsed(), &options);
     // The hand-written analysis at the end of the file survives a rerun.
     if let Ok(previous) = std::fs::read_to_string(&options.out) {
         if let Some(at) = previous.find(ANALYSIS_HEADING) {
@@ -1426,7 +1461,12 @@ fn verdict(pass: bool) -> &'static str {
 /// The report. Rows are indexed by setup (row 1 at 0), `None` where the run skipped the setup;
 /// every figure and target whose inputs a partial run did not measure says so (a full run
 /// measures everything).
-fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
+fn report(
+    rows: &[Option<Row>],
+    wire: Option<&wire::Wire>,
+    took: Duration,
+    options: &Options,
+) -> String {
     let root = support::repo_root();
     let venv = |name: &str| root.join(".venv/bin").join(name).display().to_string();
     let envoy_version = command_output(&venv("envoy"), &["--version"]);
@@ -1464,7 +1504,7 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
     let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3, 4 and 5 only.");
-    let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
+    let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = the run time of every Envoy thread (`/proc/<pid>/task/*/schedstat`, nanoseconds) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
     let _ = writeln!(w, "- Live policy: {POLICY_UPDATES} updates of natsguard's configuration on row 3 (a new version of its ECDS file renamed over the one Envoy watches, as `scripts/set-policy.sh` does; every other version denies a probe subject), each timed from the rename to the first answer of the new version on a connection that was open throughout (it publishes the probe, each PUB followed by a PING, in a loop).");
@@ -1577,6 +1617,9 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
         "Filter state ≤ 4 KB per idle connection (row 3 − row 2)".into(),
         figure,
     );
+    for (name, figure) in wire::targets(wire) {
+        target(w, name, figure);
+    }
 
     let not_measured = |w: &mut String| {
         let _ = writeln!(w, "Not measured in this run.");
@@ -1621,6 +1664,8 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
             }
         }
     }
+
+    wire::section(w, wire);
 
     let _ = writeln!(
         w,
