@@ -136,14 +136,20 @@ function feed(type, bytes, id = 2) {
 }
 
 // CONNECTs on fresh connections, with no token, with tokens the VM never saw (`fresh`), or with
-// tokens it verified on earlier connections (`repeated`: clients reconnecting): µs per CONNECT.
+// tokens it verified on earlier connections (`repeated`: clients reconnecting): µs per CONNECT,
+// the best of `reps` passes over `count` connections.
 let nextContext = 3;
-function connects(count, tokenKind) {
-  const tokens = Array.from({ length: count }, (_, user) => token(user));
-  if (tokenKind === 'repeated') connectWith(tokens);
-  const t0 = process.hrtime.bigint();
-  connectWith(tokenKind ? tokens : Array(count).fill(null));
-  return Number(process.hrtime.bigint() - t0) / count / 1000;
+function connects(tokenKind, count = 200, reps = 15) {
+  const repeated = tokenKind === 'repeated' ? Array.from({ length: count }, (_, user) => token(user)) : null;
+  if (repeated) connectWith(repeated);
+  let best = Infinity;
+  for (let rep = 0; rep < reps; rep++) {
+    const tokens = tokenKind === 'fresh' ? Array.from({ length: count }, (_, user) => token(user)) : repeated || Array(count).fill(null);
+    const t0 = process.hrtime.bigint();
+    connectWith(tokens);
+    best = Math.min(best, Number(process.hrtime.bigint() - t0) / count / 1000);
+  }
+  return best;
 }
 function connectWith(tokens) {
   for (let i = 0; i < tokens.length; i++) {
@@ -157,8 +163,8 @@ function connectWith(tokens) {
     x.proxy_on_delete(id);
   }
 }
-const connectFigures = () => `CONNECT ${connects(50).toFixed(0)} µs without a token, ${connects(50, 'fresh').toFixed(0)} µs with an RS256 JWT, ${connects(50, 'repeated').toFixed(1)} µs with an RS256 JWT already verified`;
-connects(5, 'fresh');
+const connectFigures = () => `CONNECT ${connects('none').toFixed(1)} µs without a token, ${connects('fresh', 20, 5).toFixed(0)} µs with an RS256 JWT, ${connects('repeated').toFixed(1)} µs with an RS256 JWT already verified (best of 15 passes over 200 connections; fresh tokens 5 over 20)`;
+connects('fresh', 5, 1);
 console.log(`${policyName}: ${connectFigures()} (fresh VM)`);
 feed(3, Buffer.from('INFO {"server_id":"S","headers":true,"max_payload":1048576} \r\n'));
 // A wildcard SUB: under the restricted policy it arms the delivery filter.

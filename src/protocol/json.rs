@@ -13,21 +13,23 @@ use std::fmt;
 #[derive(Clone, Debug, PartialEq)]
 pub struct JsonObject {
     entries: Vec<(String, Value)>,
+    /// Each entry's key folded, folded once: every lookup compares with all of them.
+    folded: Vec<String>,
 }
 
 /// Go's key folding (encoding/json `foldName`): ASCII letters upper-cased, other
 /// characters mapped through `ToUpper(ToLower(r))`, so `ſ` folds like `s` and `K` (Kelvin)
 /// like `k`.
 fn fold_key(key: &str) -> String {
-    key.chars()
-        .map(|c| {
-            if c.is_ascii() {
-                return c.to_ascii_uppercase();
-            }
-            let lower = single(c.to_lowercase()).unwrap_or(c);
-            single(lower.to_uppercase()).unwrap_or(lower)
-        })
-        .collect()
+    key.chars().map(fold_char).collect()
+}
+
+fn fold_char(c: char) -> char {
+    if c.is_ascii() {
+        return c.to_ascii_uppercase();
+    }
+    let lower = single(c.to_lowercase()).unwrap_or(c);
+    single(lower.to_uppercase()).unwrap_or(lower)
 }
 
 /// Go's simple case mappings are one rune to one rune; a multi-rune mapping keeps the rune.
@@ -46,10 +48,10 @@ impl JsonObject {
     }
 
     fn position(&self, key: &str) -> Option<usize> {
-        let folded = fold_key(key);
-        self.entries
+        // Folded as it is compared: most lookups are of constant names, and miss.
+        self.folded
             .iter()
-            .position(|(name, _)| name == key || fold_key(name) == folded)
+            .position(|name| name.chars().eq(key.chars().map(fold_char)))
     }
 
     /// The value under `key` (matched like Go), treating `null` as absent as Go does.
@@ -66,7 +68,10 @@ impl JsonObject {
 
     /// Removes `key` (matched like Go) and returns its value.
     pub fn remove(&mut self, key: &str) -> Option<Value> {
-        self.position(key).map(|at| self.entries.remove(at).1)
+        self.position(key).map(|at| {
+            self.folded.remove(at);
+            self.entries.remove(at).1
+        })
     }
 
     /// Replaces the value under `key` (matched like Go; the key is renamed to `key`), or
@@ -74,7 +79,10 @@ impl JsonObject {
     pub fn set(&mut self, key: &str, value: Value) {
         match self.position(key) {
             Some(at) => self.entries[at] = (key.to_owned(), value),
-            None => self.entries.push((key.to_owned(), value)),
+            None => {
+                self.folded.push(fold_key(key));
+                self.entries.push((key.to_owned(), value));
+            }
         }
     }
 
@@ -238,7 +246,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
         Ok(ObjectOrProblem(if duplicate {
             Err(JsonProblem::DuplicateKey)
         } else {
-            Ok(JsonObject { entries })
+            Ok(JsonObject { entries, folded })
         }))
     }
 
