@@ -63,11 +63,17 @@ fn restricted() -> Rc<Gate> {
 
 fn restricted_with_shadow() -> Rc<Gate> {
     let shadow = json!({ "rules": restricted_rules("bench.never.>") });
-    gate_with(restricted_rules("bench.admin.>"), json!({ "shadow": shadow }))
+    gate_with(
+        restricted_rules("bench.admin.>"),
+        json!({ "shadow": shadow }),
+    )
 }
 
 fn restricted_dry_run() -> Rc<Gate> {
-    gate_with(restricted_rules("bench.admin.>"), json!({ "mode": "dry_run" }))
+    gate_with(
+        restricted_rules("bench.admin.>"),
+        json!({ "mode": "dry_run" }),
+    )
 }
 
 /// A connection that passed INFO and CONNECT and subscribed with sid 1 (a wildcard SUB, which

@@ -701,16 +701,68 @@ fn explain_gives_the_bytes_the_engine_sends() {
 fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
     use proptest::prelude::*;
     let keys = prop::sample::select(vec![
-        "identity", "spiffe", "jwt", "required", "trust_domains", "providers", "name", "issuer",
-        "audiences", "algorithms", "jwks", "remote_jwks", "rules", "from", "principals",
-        "namespaces", "request_principals", "claims", "permissions", "publish", "subscribe",
-        "allow", "deny", "allow_responses", "max", "expires", "default_action", "mode", "shadow",
-        "upstream", "trusted_proxy", "seed", "seed_env", "limits", "tid",
+        "identity",
+        "spiffe",
+        "jwt",
+        "required",
+        "trust_domains",
+        "providers",
+        "name",
+        "issuer",
+        "audiences",
+        "algorithms",
+        "jwks",
+        "remote_jwks",
+        "rules",
+        "from",
+        "principals",
+        "namespaces",
+        "request_principals",
+        "claims",
+        "permissions",
+        "publish",
+        "subscribe",
+        "allow",
+        "deny",
+        "allow_responses",
+        "max",
+        "expires",
+        "default_action",
+        "mode",
+        "shadow",
+        "upstream",
+        "trusted_proxy",
+        "seed",
+        "seed_env",
+        "limits",
+        "tid",
     ]);
     let strings = prop::sample::select(vec![
-        "", "*", ">", "a.>", "a.*", "a.b", "a.b q", "a.* q", "x.{{jwt.claim.tid}}", "{{spiffe.namespace}}.>",
-        "u.{{jwt.sub}}", "cluster.local", "cluster.local/ns/a/*", "*/sa/b", "https://idp", "https://idp/*",
-        "deny", "allow", "dry_run", "enforce", "ES256", "1s", "a..b", "{{", "q q q",
+        "",
+        "*",
+        ">",
+        "a.>",
+        "a.*",
+        "a.b",
+        "a.b q",
+        "a.* q",
+        "x.{{jwt.claim.tid}}",
+        "{{spiffe.namespace}}.>",
+        "u.{{jwt.sub}}",
+        "cluster.local",
+        "cluster.local/ns/a/*",
+        "*/sa/b",
+        "https://idp",
+        "https://idp/*",
+        "deny",
+        "allow",
+        "dry_run",
+        "enforce",
+        "ES256",
+        "1s",
+        "a..b",
+        "{{",
+        "q q q",
     ]);
     let leaf = prop_oneof![
         strings.prop_map(Value::from),
@@ -721,8 +773,9 @@ fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
     leaf.prop_recursive(5, 64, 6, move |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(keys.clone(), inner, 0..5)
-                .prop_map(|map| Value::Object(map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect())),
+            prop::collection::btree_map(keys.clone(), inner, 0..5).prop_map(|map| Value::Object(
+                map.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+            )),
         ]
     })
 }
@@ -750,8 +803,16 @@ proptest::proptest! {
 fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
     use proptest::prelude::*;
     let subjects = vec![
-        ">", "a.>", "a.*", "a.b", "x.{{jwt.claim.tid}}", "{{spiffe.namespace}}.>", "u.{{jwt.sub}}",
-        "t.{{spiffe.trust_domain}}", "b.{{spiffe.service_account}}", "_INBOX.>",
+        ">",
+        "a.>",
+        "a.*",
+        "a.b",
+        "x.{{jwt.claim.tid}}",
+        "{{spiffe.namespace}}.>",
+        "u.{{jwt.sub}}",
+        "t.{{spiffe.trust_domain}}",
+        "b.{{spiffe.service_account}}",
+        "_INBOX.>",
     ];
     let mut queue_entries = subjects.clone();
     queue_entries.extend(["a.b q", "a.* q", "a.> q.*", "b.* {{jwt.claim.g}}"]);
@@ -763,11 +824,25 @@ fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
             (list.clone(), list).prop_map(|(allow, deny)| json!({ "allow": allow, "deny": deny })),
         ]
     };
-    let matcher = |values: Vec<&'static str>| prop::option::of(prop::collection::vec(prop::sample::select(values), 1..3));
+    let matcher = |values: Vec<&'static str>| {
+        prop::option::of(prop::collection::vec(prop::sample::select(values), 1..3))
+    };
     let from = (
-        matcher(vec!["cluster.local/ns/a/sa/b", "other/ns/a/sa/b", "cluster.local/*", "*", "*/sa/b", "clu*"]),
+        matcher(vec![
+            "cluster.local/ns/a/sa/b",
+            "other/ns/a/sa/b",
+            "cluster.local/*",
+            "*",
+            "*/sa/b",
+            "clu*",
+        ]),
         matcher(vec!["a", "b*", "*"]),
-        matcher(vec!["https://idp/alice", "https://idp/*", "https://other/*", "*"]),
+        matcher(vec![
+            "https://idp/alice",
+            "https://idp/*",
+            "https://other/*",
+            "*",
+        ]),
         prop::option::of(prop::collection::btree_map(
             prop::sample::select(vec!["tid", "g", "scp", "a.b"]),
             prop::collection::vec(prop::sample::select(vec!["x", "*", "y*"]), 1..3),
@@ -776,7 +851,11 @@ fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
     )
         .prop_map(|(principals, namespaces, request_principals, claims)| {
             let mut from = serde_json::Map::new();
-            for (key, value) in [("principals", principals), ("namespaces", namespaces), ("request_principals", request_principals)] {
+            for (key, value) in [
+                ("principals", principals),
+                ("namespaces", namespaces),
+                ("request_principals", request_principals),
+            ] {
                 if let Some(value) = value {
                     from.insert(key.into(), json!(value));
                 }
@@ -786,7 +865,12 @@ fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
             }
             Value::Object(from)
         });
-    let rule = (prop::option::of(from), direction(subjects), direction(queue_entries), any::<bool>());
+    let rule = (
+        prop::option::of(from),
+        direction(subjects),
+        direction(queue_entries),
+        any::<bool>(),
+    );
     let rules = prop::collection::vec(rule, 0..4).prop_map(|rules| {
         rules
             .into_iter()
@@ -816,8 +900,14 @@ fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
         json!({ "spiffe": { "required": false, "trust_domains": ["cluster.local"] }, "jwt": { "providers": [provider.clone()] } }),
         json!({ "jwt": { "required": true, "providers": [provider] } }),
     ]);
-    (identity, rules.clone(), prop::option::of(rules), any::<bool>(), any::<bool>()).prop_map(
-        |(identity, rules, shadow, dry_run, allow)| {
+    (
+        identity,
+        rules.clone(),
+        prop::option::of(rules),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(identity, rules, shadow, dry_run, allow)| {
             let mut config = json!({ "identity": identity, "rules": rules });
             if allow {
                 config["default_action"] = json!("allow");
@@ -828,8 +918,7 @@ fn policy_like() -> impl proptest::strategy::Strategy<Value = Value> {
                 (None, false) => {}
             }
             config
-        },
-    )
+        })
 }
 
 proptest::proptest! {

@@ -619,6 +619,11 @@ fn render_into(explanation: &Explanation, out: &mut String, title: &str, gets_la
     }
     if let Some(shadow) = &explanation.shadow {
         out.push_str("\n----\n");
-        render_into(shadow, out, "shadow policy (reported, never applied): ", "would get");
+        render_into(
+            shadow,
+            out,
+            "shadow policy (reported, never applied): ",
+            "would get",
+        );
     }
 }

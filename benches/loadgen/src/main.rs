@@ -310,7 +310,13 @@ fn realistic_policy(jwks: &Value) -> String {
 fn realistic_policy_with_shadow(jwks: &Value) -> String {
     let mut config: Value = serde_json::from_str(&realistic_policy(jwks)).expect("row 4's policy");
     let mut rules = config["rules"].clone();
-    for rule in rules.as_array_mut().expect("rules").iter_mut().rev().take(2) {
+    for rule in rules
+        .as_array_mut()
+        .expect("rules")
+        .iter_mut()
+        .rev()
+        .take(2)
+    {
         if let Some(deny) = rule["permissions"]["publish"]["deny"].as_array_mut() {
             deny.push(json!("bench.never.>"));
         }
@@ -1281,7 +1287,10 @@ fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>
         let _ = writeln!(w, "Not measured in this run (rows 4 and 5 both needed).");
         return;
     };
-    let _ = writeln!(w, "| Figure | row 4 | row 5 (shadow) | row 5 / row 4 |\n|---|---:|---:|---:|");
+    let _ = writeln!(
+        w,
+        "| Figure | row 4 | row 5 (shadow) | row 5 / row 4 |\n|---|---:|---:|---:|"
+    );
     for t4 in &without.throughput {
         let Some(t5) = with
             .throughput
@@ -1299,7 +1308,11 @@ fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>
             ratio(t5.per_second(), t4.per_second())
         );
         if let (Some(c4), Some(c5)) = (t4.cpu_per_message_us(), t5.cpu_per_message_us()) {
-            let _ = writeln!(w, "| Envoy CPU µs/msg, {label} | {c4:.2} | {c5:.2} | {} |", ratio(c5, c4));
+            let _ = writeln!(
+                w,
+                "| Envoy CPU µs/msg, {label} | {c4:.2} | {c5:.2} | {} |",
+                ratio(c5, c4)
+            );
         }
     }
     if let (Some(l4), Some(l5)) = (&without.latency, &with.latency) {

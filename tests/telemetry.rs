@@ -1,0 +1,230 @@
+//! natsguard's labelled metrics as an operator queries them: a real Prometheus scrapes the mesh
+//! harness's Envoy (`/stats/prometheus`, with the stats tags of envoy/mesh.yaml) while two
+//! identities publish and subscribe, allowed and denied, and a third is refused; PromQL over
+//! Prometheus's HTTP API finds every labelled series with the right value. The dashboard's
+//! expressions run on the same Prometheus, and the subscription audit lines are read from the log.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use natsguard::engine::telemetry::unescape;
+use support::prometheus::Prometheus;
+use support::{Mesh, NatsServer, RawClient, Session};
+
+/// A rule name with what stat names and tag regexes treat specially: it comes back whole.
+const PUBLISHER_RULE: &str = "billing.publishers; east=1";
+
+fn policy() -> String {
+    serde_json::json!({
+        "identity": { "spiffe": { "required": true, "trust_domains": ["cluster.local"] } },
+        "default_action": "deny",
+        "rules": [
+            {
+                "name": PUBLISHER_RULE,
+                "from": { "principals": ["cluster.local/ns/billing/sa/publisher"] },
+                "permissions": {
+                    "publish": { "allow": ["billing.>"], "deny": ["billing.admin.>"] },
+                    "subscribe": { "allow": ["_INBOX.>"] }
+                }
+            },
+            {
+                "name": "billing subscribers",
+                "from": { "principals": ["cluster.local/ns/billing/sa/subscriber"] },
+                "permissions": {
+                    "publish": { "deny": [">"] },
+                    "subscribe": { "allow": ["billing.>"], "deny": ["billing.admin.>"] }
+                }
+            }
+        ],
+        "audit": { "subscriptions": true }
+    })
+    .to_string()
+}
+
+/// `natsguard_<family>` of one identity and decision.
+fn series(family: &str, service_account: &str, decision: &str) -> String {
+    format!(
+        "natsguard_{family}{{namespace=\"billing\",service_account=\"{service_account}\",decision=\"{decision}\"}}"
+    )
+}
+
+#[test]
+fn prometheus_sees_the_labelled_series_of_allowed_and_denied_traffic() {
+    let mesh = Mesh::start_with_server(&policy(), NatsServer::start(None));
+    let prometheus = Prometheus::scraping(mesh.admin_port);
+
+    let mut subscriber = Session::open(mesh.port_of("subscriber"), "");
+    assert_eq!(
+        subscriber.exchange("SUB billing.> 1\r\n"),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        subscriber.exchange("SUB billing.admin.> 2\r\n"),
+        ["-ERR 'Permissions Violation for Subscription to \"billing.admin.>\"'"]
+    );
+    mesh.nats.wait_for_subscription("billing.>");
+    let mut publisher = Session::open(mesh.port_of("publisher"), "");
+    let allowed = "PUB billing.orders 5\r\nhello\r\n".repeat(3);
+    assert_eq!(publisher.exchange(&allowed), Vec::<String>::new());
+    let denied = "PUB billing.admin.x 3\r\nabc\r\n".repeat(2);
+    assert_eq!(publisher.exchange(&denied).len(), 2);
+    let (delivered, _) = subscriber.client.read_until(START, |bytes| {
+        String::from_utf8_lossy(bytes)
+            .matches("MSG billing.orders")
+            .count()
+            == 3
+    });
+    assert_eq!(
+        String::from_utf8_lossy(&delivered).matches("hello").count(),
+        3
+    );
+    assert_eq!(subscriber.exchange("UNSUB 1\r\n"), Vec::<String>::new());
+    // A third identity no rule matches: refused at CONNECT.
+    let mut refused = RawClient::connect(mesh.port_of("denied"));
+    refused.read_line();
+    refused.send(b"CONNECT {\"verbose\":false}\r\nPING\r\n");
+    let (answer, _) = refused.read_until(START, |bytes| bytes.ends_with(b"\r\n"));
+    assert!(String::from_utf8_lossy(&answer).contains("Authorization Violation"));
+
+    let value = |promql: &str, expected: f64| {
+        prometheus.wait_for_value(promql, |value| value == expected);
+    };
+    value(&series("publish_total", "publisher", "allowed"), 3.0);
+    value(&series("publish_total", "publisher", "denied"), 2.0);
+    value(&series("publish_bytes_total", "publisher", "allowed"), 15.0);
+    value(&series("publish_bytes_total", "publisher", "denied"), 6.0);
+    value(&series("subscribe_total", "subscriber", "allowed"), 1.0);
+    value(&series("subscribe_total", "subscriber", "denied"), 1.0);
+    value(&series("deliver_total", "subscriber", "allowed"), 3.0);
+    value(
+        &series("deliver_bytes_total", "subscriber", "allowed"),
+        15.0,
+    );
+    value(
+        "sum by (decision) (natsguard_connect_total{decision=\"allowed\"})",
+        2.0,
+    );
+    value(
+        "natsguard_connect_total{decision=\"denied\",reason=\"no_matching_rule\",namespace=\"guest\",service_account=\"visitor\"}",
+        1.0,
+    );
+
+    // The rule label: the matched rule's name, escaped in the stat name, decoded whole.
+    let publishes = prometheus
+        .query(&series("publish_total", "publisher", "allowed"))
+        .expect("query");
+    let rule = publishes[0]["metric"]["rule"]
+        .as_str()
+        .expect("a rule label");
+    assert_eq!(unescape(rule).as_deref(), Some(PUBLISHER_RULE), "{rule}");
+    let subscribes = prometheus
+        .query(&series("subscribe_total", "subscriber", "allowed"))
+        .expect("query");
+    assert_eq!(subscribes[0]["metric"]["rule"], "billing subscribers");
+
+    // Every natsguard series: the flat counters and the labelled ones, none with a subject.
+    let natsguard = prometheus
+        .query("{__name__=~\"natsguard_.+\"}")
+        .expect("query");
+    let labels: BTreeSet<&str> = natsguard
+        .iter()
+        .flat_map(|series| series["metric"].as_object().into_iter().flatten())
+        .map(|(label, _)| label.as_str())
+        .collect();
+    assert_eq!(
+        labels,
+        BTreeSet::from([
+            "__name__",
+            "decision",
+            "instance",
+            "job",
+            "namespace",
+            "reason",
+            "rule",
+            "service_account"
+        ])
+    );
+    let documented = support::dashboard::documented_metrics();
+    for series in &natsguard {
+        let name = series["metric"]["__name__"].as_str().expect("a name");
+        assert!(
+            support::dashboard::is_documented(name, &documented),
+            "{name} is not in docs/troubleshooting.md §6"
+        );
+    }
+    let labelled = natsguard
+        .iter()
+        .filter(|series| series["metric"]["decision"].is_string())
+        .count();
+    println!(
+        "natsguard series in Prometheus: {} ({labelled} labelled)",
+        natsguard.len()
+    );
+
+    // The dashboard's queries run on this Prometheus, and those over the labelled metrics find
+    // data (a rate needs two scrapes of a series).
+    for query in support::dashboard::queries() {
+        let promql = support::dashboard::instant(&query.expr);
+        let deadline = std::time::Instant::now() + START;
+        loop {
+            let answer = prometheus
+                .query(&promql)
+                .unwrap_or_else(|error| panic!("{}: {promql}: {error}", query.panel));
+            if !query.expects_data || !answer.is_empty() {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}: {promql} found nothing",
+                query.panel
+            );
+            std::thread::sleep(support::prometheus::SCRAPE_INTERVAL / 4);
+        }
+    }
+
+    // audit.subscriptions: a line for every SUB and UNSUB.
+    let lines = mesh.wait_for_audit("the UNSUB", |lines| {
+        lines.iter().any(|line| line["natsguard"] == "unsubscribe")
+    });
+    let subscription_lines: Vec<_> = lines
+        .iter()
+        .filter(|line| {
+            matches!(
+                line["natsguard"].as_str(),
+                Some("subscribe" | "unsubscribe")
+            )
+        })
+        .map(|line| {
+            (
+                line["op"].as_str().unwrap_or_default().to_owned(),
+                line["subject"].as_str().unwrap_or_default().to_owned(),
+                line["sid"].as_str().unwrap_or_default().to_owned(),
+                line["decision"].as_str().unwrap_or_default().to_owned(),
+                line["service_account"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let line = |op: &str, subject: &str, sid: &str, decision: &str| {
+        (
+            op.to_owned(),
+            subject.to_owned(),
+            sid.to_owned(),
+            decision.to_owned(),
+            "subscriber".to_owned(),
+        )
+    };
+    assert_eq!(
+        subscription_lines,
+        [
+            line("SUB", "billing.>", "1", "allow"),
+            line("SUB", "billing.admin.>", "2", "deny"),
+            line("UNSUB", "billing.>", "1", "allow"),
+        ]
+    );
+}
+
+const START: std::time::Duration = std::time::Duration::from_secs(5);
