@@ -12,6 +12,8 @@ pub mod command;
 pub mod ecds;
 pub mod engine;
 pub mod identity;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod import;
 pub mod policy;
 pub mod protocol;
 

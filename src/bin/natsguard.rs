@@ -92,6 +92,19 @@ enum Command {
         #[arg(long = "host-env")]
         host_env: Vec<String>,
     },
+    /// Turn a nats-server configuration's `authorization` block into a natsguard policy on
+    /// standard output, one rule per user given with --user; notes on standard error.
+    #[command(
+        after_help = "Each --user maps a nats-server user to the Istio principal of the workload that connects as it\n(<trust-domain>/ns/<namespace>/sa/<service-account>); users without --user are skipped (noted).\nThe user's permissions (or default_permissions when it has none) keep nats-server's meaning;\naccounts, nkey users, auth callout, token authorization and subject mappings are refused,\nwith the file and line. The policy is checked with the filter's own loader.\n\nExamples:\n  natsguard import /etc/nats/nats-server.conf --user billing-api=cluster.local/ns/billing/sa/api > policy.json\n  natsguard import nats.conf --user worker=cluster.local/ns/billing/sa/worker \\\n      --user worker=cluster.local/ns/billing/sa/batch --user shipping=cluster.local/ns/shipping/sa/default"
+    )]
+    Import {
+        /// nats-server configuration file (its includes are read relative to it).
+        conf: PathBuf,
+        /// A nats-server user and the principal of the workload that connects as it
+        /// (repeatable; a user given several principals gets one rule for all of them).
+        #[arg(long = "user", value_name = "NAME=PRINCIPAL", required = true)]
+        users: Vec<String>,
+    },
 }
 
 /// The configuration and the identity a question is about.
@@ -389,6 +402,14 @@ fn main() -> ExitCode {
             },
         )
         .map(|()| ExitCode::SUCCESS),
+        Command::Import { conf, users } => natsguard::import::command(
+            &conf,
+            &users,
+            &mut std::io::stdout().lock(),
+            &mut std::io::stderr().lock(),
+        )
+        .map(|()| ExitCode::SUCCESS)
+        .map_err(Failure),
     };
     match outcome {
         Ok(code) => code,

@@ -29,6 +29,7 @@ pub use jwks::JwksError;
 pub use nkey::{NkeyError, ProxySigner};
 pub use spiffe::{SpiffeError, SpiffeId};
 
+pub use jwt::{audiences, unverified_claims};
 use jwt::{JwtVerification, JwtVerifier};
 
 /// A JWT whose signature, issuer, audience and validity period were verified.

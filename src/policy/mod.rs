@@ -25,6 +25,8 @@ pub use compile::{
     policy_version, LoadedPolicy, NoMatchingRule, Policy, RuleMatch, TrustedProxySeed,
     UpstreamCredentials,
 };
+#[cfg(not(target_arch = "wasm32"))] // the command's own messages
+pub(crate) use config::one_line;
 pub use config::{
     AllowResponsesConfig, AuditConfig, Config, ConfigError, DefaultAction, Dimension, FromConfig,
     LimitsConfig, Mode, PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig,

@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each integration test binary uses a different part of the harness
 
 pub mod cluster;
+pub mod conformance;
 pub mod dashboard;
 pub mod prometheus;
 
