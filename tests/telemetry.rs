@@ -7,8 +7,12 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::rc::Rc;
+use std::time::Duration;
 
-use natsguard::engine::telemetry::unescape;
+use natsguard::engine::telemetry::{unescape, Decision, Family, MetricLabels};
+use natsguard::engine::{Connection, Gate};
+use natsguard::identity::{Identity, SpiffeId};
 use support::prometheus::Prometheus;
 use support::{Mesh, NatsServer, RawClient, Session};
 
@@ -227,4 +231,79 @@ fn prometheus_sees_the_labelled_series_of_allowed_and_denied_traffic() {
     );
 }
 
-const START: std::time::Duration = std::time::Duration::from_secs(5);
+const START: Duration = Duration::from_secs(5);
+
+/// The natsguard configuration of envoy/standalone.yaml (the demo policy).
+fn standalone_configuration() -> String {
+    let text = std::fs::read_to_string(support::repo_root().join("envoy/standalone.yaml"))
+        .expect("envoy/standalone.yaml");
+    let config: serde_yaml::Value = serde_yaml::from_str(&text).expect("YAML");
+    let filter = &config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0];
+    filter["typed_config"]["config"]["configuration"]["value"]
+        .as_str()
+        .expect("the natsguard filter's configuration")
+        .to_owned()
+}
+
+/// The labelled series the demo policy makes, counted from the stat names the engine defines
+/// when each of the mesh harness's identities (envoy/identities.txt) connects, subscribes and
+/// publishes, plus an operator with a SPIFFE ID of its own and a token of the OIDC rule (its
+/// labels, as a token cannot be verified offline against the remote JWKS). The bound of
+/// docs/troubleshooting.md §6: 11 frame series and one `connect_total` per accepted identity,
+/// one `connect_total` per refused identity and reason.
+#[test]
+fn the_demo_policy_makes_a_bounded_number_of_series() {
+    let (gate, _) =
+        Gate::load(&standalone_configuration(), &|_| Ok(None)).expect("the demo policy");
+    let gate = Rc::new(gate);
+    let now = Duration::from_secs(1_800_000_000);
+    let identities = std::fs::read_to_string(support::repo_root().join("envoy/identities.txt"))
+        .expect("envoy/identities.txt");
+    let mut names = BTreeSet::new();
+    let mut accepted = 0;
+    for line in identities.lines().filter(|line| !line.starts_with('#')) {
+        let Some(uri) = line.split_whitespace().nth(1) else {
+            continue;
+        };
+        let mut connection = Connection::new(Rc::clone(&gate));
+        connection.set_peer_uri_san((uri != "-").then(|| uri.to_owned()));
+        connection.server_data(b"INFO {\"server_id\":\"S\",\"headers\":true} \r\n", now);
+        connection.client_data(
+            b"CONNECT {\"verbose\":false}\r\nSUB billing.events.> 1\r\nPUB billing.requests.a 1\r\nx\r\n",
+            now,
+        );
+        let labelled = connection.take_report().labelled;
+        names.extend(labelled.connect_stat_names);
+        if let Some(frame_names) = labelled.frame_stat_names {
+            accepted += 1;
+            names.extend(frame_names.into_iter());
+        }
+    }
+    assert_eq!(accepted, 2, "publisher and subscriber: {names:#?}");
+    let operator = Identity {
+        spiffe: SpiffeId::parse("spiffe://cluster.local/ns/ops/sa/operator").ok(),
+        ..Identity::default()
+    };
+    let labels = MetricLabels::of(Some(&operator), &["operators with an OIDC token".into()]);
+    let dimensions = gate.policy.dimensions();
+    names.extend(labels.frame_stat_names(dimensions));
+    names.insert(labels.stat_name(dimensions, Family::Connect, Decision::Allowed, ""));
+    let refused = names
+        .iter()
+        .filter(|name| name.contains("=.=denied;.;") && name.ends_with("connect_total"))
+        .count();
+    assert_eq!(
+        refused, 3,
+        "guest, another trust domain, no certificate: {names:#?}"
+    );
+    assert_eq!(names.len(), 3 * 12 + 3, "{names:#?}");
+    println!(
+        "demo policy (envoy/standalone.yaml), {} identities: {} labelled series",
+        identities
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .count()
+            + 1,
+        names.len()
+    );
+}
