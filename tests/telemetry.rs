@@ -276,7 +276,7 @@ fn the_demo_policy_makes_a_bounded_number_of_series() {
         names.extend(labelled.connect_stat_names);
         if let Some(frame_names) = labelled.frame_stat_names {
             accepted += 1;
-            names.extend(frame_names.into_iter());
+            names.extend(*frame_names);
         }
     }
     assert_eq!(accepted, 2, "publisher and subscriber: {names:#?}");
