@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the runtime parts (Envoy, nats-server, nats-py) into the project-local virtualenv
-# ./.venv from scripts/requirements-runtime.txt, and places that Envoy where func-e finds it as the
+# ./.venv from scripts/requirements-runtime.txt, Prometheus (Debian's `prometheus`, which the
+# telemetry test scrapes Envoy with) when it is missing, and places that Envoy where func-e finds it as the
 # version in ./.envoy-version: .tools/func-e/envoy-versions/<version>/bin/envoy, func-e's own layout
 # under FUNC_E_DATA_HOME=.tools/func-e (so `func-e run` needs no download). Idempotent: when the
 # venv already matches the pinned requirements (a stamp holds their hash), it installs nothing.
@@ -27,8 +28,22 @@ place_envoy_for_func_e() {
     fi
 }
 
+# Prometheus is not on PyPI: Debian's package (it ships promtool too, which checks the dashboard's
+# PromQL). Only the binaries are used; nothing starts its service.
+ensure_prometheus() {
+    command -v prometheus >/dev/null && command -v promtool >/dev/null && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "ensure-runtime: installing Debian's prometheus (and promtool)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    else
+        echo "ensure-runtime: prometheus and promtool not found; install Debian's prometheus package (as root: apt-get install prometheus)" >&2
+        exit 1
+    fi
+}
+
 if [[ -x $venv/bin/envoy && -x $venv/bin/nats-server && -f $stamp && $(cat "$stamp") == "$want" ]]; then
     place_envoy_for_func_e
+    ensure_prometheus
     exit 0
 fi
 
@@ -51,4 +66,5 @@ for binary in envoy nats-server; do
 done
 echo "$want" > "$stamp"
 place_envoy_for_func_e
+ensure_prometheus
 echo "ensure-runtime: $("$venv/bin/envoy" --version | grep -o 'version: [^ ]*') / nats-server $("$venv/bin/nats-server" --version)"

@@ -190,6 +190,26 @@ fn check_reports_each_error_on_one_line_with_its_json_path() {
             "-: error: mode: unknown variant `enforced`, expected `enforce` or `dry_run` at line 1 column 86",
         ),
         (
+            format!(r#"{{ {SPIFFE}, "telemetry": {{ "dimensions": ["decision", "subject"] }} }}"#),
+            "-: error: telemetry.dimensions[1]: unknown variant `subject`, expected one of `decision`, `reason`, `namespace`, `service_account`, `rule` at line 1 column 119",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "telemetry": {{ "dimensions": ["rule", "decision", "rule"] }} }}"#),
+            "-: error: telemetry.dimensions[2]: \"rule\" is listed twice",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "telemetry": {{ "dimension": [] }} }}"#),
+            "-: error: telemetry.dimension: unknown field `dimension`, expected `dimensions` at line 1 column 94",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "audit": {{ "subscriptions": "yes" }} }}"#),
+            "-: error: audit.subscriptions: invalid type: string \"yes\", expected a boolean at line 1 column 101",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "audit": {{ "subscription": true }} }}"#),
+            "-: error: audit.subscription: unknown field `subscription`, expected `subscriptions` at line 1 column 93",
+        ),
+        (
             format!(r#"{{ {SPIFFE}, "trusted_proxy": {{ "seed": "SUXX" }} }}"#),
             "-: error: trusted_proxy.seed: invalid nkey seed: nkey_not_base32",
         ),
@@ -277,6 +297,14 @@ fn check_lints_with_the_warnings_the_filter_logs() {
                 "mode: dry_run: the policy is evaluated and reported, nothing is denied, refused or filtered",
                 "default_action: allow: connections matching no rule are unrestricted",
             ],
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "telemetry": {{ "dimensions": ["namespace", "service_account"] }}, "audit": {{ "subscriptions": true }} }}"#),
+            vec![r#"telemetry.dimensions: "decision" is off: allowed and denied frames count in the same series"#],
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "telemetry": {{ "dimensions": ["rule", "decision"] }}, "audit": {{ "subscriptions": false }} }}"#),
+            vec![],
         ),
         (
             format!(r#"{{ {SPIFFE}, "rules": [{{ "name": "r", "permissions": {{ "publish": ["a"], "subscribe": ["a"] }} }}],
@@ -656,6 +684,10 @@ fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
         "seed",
         "seed_env",
         "limits",
+        "telemetry",
+        "dimensions",
+        "audit",
+        "subscriptions",
         "tid",
     ]);
     let strings = prop::sample::select(vec![
@@ -679,6 +711,8 @@ fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
         "allow",
         "dry_run",
         "enforce",
+        "decision",
+        "rule",
         "ES256",
         "1s",
         "a..b",

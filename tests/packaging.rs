@@ -1357,3 +1357,169 @@ fn standalone_config_serves_tls_first_clients_through_natsguard() {
         "{outcome}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Labelled metrics: Envoy's stats tags, Istio's proxy config, the dashboard
+
+const PROXY_CONFIG_SCHEMA: &str = "istio/schemas/istio-proxyconfig-1.28.10.yaml";
+const ENVOY_CONFIGS_WITH_NATSGUARD: [&str; 3] = [
+    "envoy/mesh.yaml",
+    "envoy/standalone.yaml",
+    "envoy/standalone-jwt-only.yaml",
+];
+
+/// The stats tags natsguard's stat names need: one per dimension, in Istio's form.
+fn natsguard_stats_tags() -> Vec<(String, String)> {
+    natsguard::policy::Dimension::ALL
+        .iter()
+        .map(|dimension| {
+            (
+                dimension.tag().to_owned(),
+                natsguard::engine::telemetry::stats_tag_regex(*dimension),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn envoy_configs_turn_natsguards_dimensions_into_tags() {
+    for file in ENVOY_CONFIGS_WITH_NATSGUARD {
+        let config = yaml_documents(file).pop().expect("one document");
+        let tags: Vec<(String, String)> = config["stats_config"]["stats_tags"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{file}: no stats_config.stats_tags"))
+            .iter()
+            .map(|tag| {
+                (
+                    str_at(tag, "/tag_name").to_owned(),
+                    str_at(tag, "/regex").to_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(tags, natsguard_stats_tags(), "{file}");
+    }
+}
+
+#[test]
+fn the_nats_pods_export_natsguards_metrics_with_their_tags() {
+    let schema = yaml_documents(PROXY_CONFIG_SCHEMA).pop().expect("schema");
+    let mut schema = schema;
+    close_object_schemas(&mut schema);
+    let validator = jsonschema::draft4::options()
+        .should_validate_formats(false)
+        .build(&schema)
+        .expect("the ProxyConfig schema compiles");
+    let tags: Vec<String> = natsguard_stats_tags()
+        .into_iter()
+        .map(|(tag, _)| tag)
+        .collect();
+    for (file, kind) in [
+        ("istio/nats.yaml", "Deployment"),
+        ("istio/nats-cluster.yaml", "StatefulSet"),
+    ] {
+        let documents: Vec<(String, Value)> = yaml_documents(file)
+            .into_iter()
+            .map(|document| (file.to_owned(), document))
+            .collect();
+        let annotations =
+            &find_kind(&documents, kind, "nats")["spec"]["template"]["metadata"]["annotations"];
+        assert!(
+            annotations
+                .get("sidecar.istio.io/statsInclusionPrefixes")
+                .is_none(),
+            "{file}: the annotation would replace proxyStatsMatcher"
+        );
+        let proxy_config: Value =
+            serde_json::from_str(str_at(annotations, "/proxy.istio.io~1config"))
+                .unwrap_or_else(|e| panic!("{file}: proxy.istio.io/config is not JSON: {e}"));
+        let violations: Vec<String> = validator
+            .iter_errors(&proxy_config)
+            .map(|error| format!("at {}: {error}", error.instance_path()))
+            .collect();
+        assert!(violations.is_empty(), "{file}: {violations:?}");
+        assert_eq!(
+            proxy_config["proxyStatsMatcher"]["inclusionPrefixes"],
+            serde_json::json!(["wasmcustom.natsguard"]),
+            "{file}"
+        );
+        assert_eq!(
+            proxy_config["extraStatTags"],
+            serde_json::json!(tags),
+            "{file}"
+        );
+    }
+    let misspelt = serde_json::json!({"proxyStatsMatcher": {"inclusionPrefix": ["x"]}});
+    assert!(!validator.is_valid(&misspelt));
+}
+
+#[test]
+fn every_dashboard_query_parses_and_names_documented_natsguard_metrics() {
+    let documented = support::dashboard::documented_metrics();
+    for family in support::dashboard::labelled_families() {
+        assert!(documented.contains(&family), "{family} is not documented");
+    }
+    let queries = support::dashboard::queries();
+    assert!(queries.len() >= 10, "{queries:?}");
+    // promtool (Prometheus's own parser) reads each one as a recording rule's expression.
+    let mut rules = String::from("groups:\n- name: dashboard\n  rules:\n");
+    for (index, query) in queries.iter().enumerate() {
+        let names = support::dashboard::metric_names(&query.expr);
+        assert!(
+            !names.is_empty(),
+            "{}: {} selects nothing",
+            query.panel,
+            query.expr
+        );
+        for name in names {
+            assert!(
+                support::dashboard::is_documented(&name, &documented),
+                "{}: {name} is not a metric natsguard exports (docs/troubleshooting.md §6)",
+                query.panel
+            );
+        }
+        let expr = serde_json::to_string(&support::dashboard::instant(&query.expr)).unwrap();
+        rules.push_str(&format!(
+            "  - record: dashboard:query{index}\n    expr: {expr}\n"
+        ));
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("dashboard-rules.yml");
+    std::fs::write(&path, &rules).expect("write the rules");
+    let output = Command::new(support::prometheus::debian_binary("promtool"))
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("run promtool");
+    assert!(
+        output.status.success(),
+        "promtool check rules:\n{}{}\n{rules}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    // It does refuse what is not PromQL.
+    std::fs::write(
+        &path,
+        "groups:\n- name: x\n  rules:\n  - record: x:y\n    expr: 'sum by (a (natsguard_publish_total)'\n",
+    )
+    .expect("write");
+    let refused = Command::new(support::prometheus::debian_binary("promtool"))
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("run promtool");
+    assert!(!refused.status.success());
+}
+
+#[test]
+fn metric_names_are_the_selectors() {
+    let names = support::dashboard::metric_names(
+        r#"topk(10, sum by (namespace, rule) (increase(natsguard_publish_total{decision="denied",rule=~"a b"}[1h]))) / on (namespace) group_left (x) natsguard_connect_total or vector(0) > bool 2.5e3"#,
+    );
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "natsguard_connect_total".to_owned(),
+            "natsguard_publish_total".to_owned()
+        ])
+    );
+}

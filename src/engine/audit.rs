@@ -29,6 +29,10 @@ pub enum EventKind {
     ConnectionRevoked,
     /// The second reading (shadow policy, or the policy in a dry run) decided otherwise.
     ShadowDiff,
+    /// A SUB, allowed or not (`audit.subscriptions`).
+    Subscribe,
+    /// An UNSUB (`audit.subscriptions`).
+    Unsubscribe,
     /// The connection closed.
     ConnectionEnd,
 }
@@ -54,6 +58,8 @@ impl AuditEvent {
             EventKind::SubscriptionRevoked => "subscription_revoked",
             EventKind::ConnectionRevoked => "connection_revoked",
             EventKind::ShadowDiff => "shadow_diff",
+            EventKind::Subscribe => "subscribe",
+            EventKind::Unsubscribe => "unsubscribe",
             EventKind::ConnectionEnd => "connection_end",
         };
         let mut object = Map::new();
@@ -199,6 +205,47 @@ impl AuditEvent {
         AuditEvent::new(EventKind::Deny, reason, fields)
     }
 
+    /// A SUB and what decided it (`audit.subscriptions`).
+    pub(crate) fn subscribe(
+        subscription: Subscription,
+        identity: &Identity,
+        rules: &[String],
+        ruling: &Ruling,
+        policy_version: &str,
+    ) -> AuditEvent {
+        let mut fields = subscription_fields("SUB", subscription);
+        fields.insert(
+            "decision".into(),
+            if ruling.allowed { "allow" } else { "deny" }.into(),
+        );
+        if let Some(rule) = ruling.rule() {
+            fields.insert("rule".into(), rule.into());
+        }
+        fields.insert("entry".into(), ruling.reason.as_str().into());
+        fields.append(&mut identity_fields(Some(identity), rules));
+        fields.insert("policy_version".into(), policy_version.into());
+        AuditEvent::new(EventKind::Subscribe, "", fields)
+    }
+
+    /// An UNSUB (`audit.subscriptions`), always forwarded: `subscription` is the one it ends
+    /// (subject and queue unknown when the sid has none), `max` its `max_msgs`.
+    pub(crate) fn unsubscribe(
+        subscription: Subscription,
+        max: Option<u32>,
+        identity: &Identity,
+        rules: &[String],
+        policy_version: &str,
+    ) -> AuditEvent {
+        let mut fields = subscription_fields("UNSUB", subscription);
+        if let Some(max) = max {
+            fields.insert("max".into(), max.into());
+        }
+        fields.insert("decision".into(), "allow".into());
+        fields.append(&mut identity_fields(Some(identity), rules));
+        fields.insert("policy_version".into(), policy_version.into());
+        AuditEvent::new(EventKind::Unsubscribe, "", fields)
+    }
+
     pub(crate) fn protocol_error(reason: &'static str, identity: Option<&Identity>) -> AuditEvent {
         AuditEvent::new(
             EventKind::ProtocolError,
@@ -232,6 +279,24 @@ impl AuditEvent {
         );
         AuditEvent::new(EventKind::ConnectionEnd, "", fields)
     }
+}
+
+/// What a subscription audit line names: the sid, and the subject and queue when known.
+pub(crate) struct Subscription<'a> {
+    pub(crate) sid: &'a str,
+    pub(crate) subject: Option<&'a str>,
+    pub(crate) queue: Option<&'a str>,
+}
+
+fn subscription_fields(op: &str, subscription: Subscription) -> Map<String, Value> {
+    let mut fields = Map::new();
+    fields.insert("op".into(), op.into());
+    fields.insert("subject".into(), subscription.subject.into());
+    if let Some(queue) = subscription.queue {
+        fields.insert("queue".into(), queue.into());
+    }
+    fields.insert("sid".into(), subscription.sid.into());
+    fields
 }
 
 fn mode_name(mode: Mode) -> &'static str {

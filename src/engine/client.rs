@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use super::audit::Subscription;
 use super::handshake::Decision;
 use super::observe::{self, DecisionKind};
 use super::output::Rewrite;
@@ -123,23 +124,32 @@ impl Connection {
                 self.refuse(&mut refusal, "second_connect", None);
                 out.insert(&refusal);
             }
-            (State::Established(_), ClientOp::Pub { subject, .. }) => {
-                match self.publish_allowed(subject, None, now) {
-                    Ok(()) => forward_control_line(out, line),
-                    Err(denied) => {
-                        out.drop(line.span.clone());
-                        self.deny_publish(&denied, now, out);
-                    }
+            (
+                State::Established(_),
+                ClientOp::Pub {
+                    subject,
+                    payload_len,
+                    ..
+                },
+            ) => match self.publish_allowed(subject, None, payload_len, now) {
+                Ok(()) => forward_control_line(out, line),
+                Err(denied) => {
+                    out.drop(line.span.clone());
+                    self.deny_publish(&denied, now, out);
                 }
-            }
+            },
             (
                 State::Established(_),
                 ClientOp::HPub {
                     subject,
                     header_len,
+                    total_len,
                     ..
                 },
-            ) => self.client_hpub(line, subject, header_len as usize, chunk, now, out),
+            ) => {
+                let lengths = (header_len as usize, total_len);
+                self.client_hpub(line, subject, lengths, chunk, now, out)
+            }
             (
                 State::Established(_),
                 ClientOp::Sub {
@@ -149,6 +159,21 @@ impl Connection {
                 },
             ) => self.client_sub(line, subject, queue, sid, out),
             (State::Established(session), ClientOp::Unsub { sid, max_msgs }) => {
+                if self.gate.policy.audit_subscriptions() {
+                    let ended = session.subscriptions.get(sid);
+                    let subscription = Subscription {
+                        sid,
+                        subject: ended.map(|ended| &*ended.subject),
+                        queue: ended.and_then(|ended| ended.queue.as_deref()),
+                    };
+                    self.report.events.push(AuditEvent::unsubscribe(
+                        subscription,
+                        max_msgs,
+                        &session.identity,
+                        session.permissions.matched_rules(),
+                        self.gate.policy.version(),
+                    ));
+                }
                 session.subscriptions.unsubscribe(sid, max_msgs);
                 if let Some(observer) = session.observer.as_deref_mut() {
                     if !session.subscriptions.contains(sid) {
@@ -205,11 +230,12 @@ impl Connection {
         })
     }
 
+    /// `lengths`: the header block's and the whole payload's.
     fn client_hpub(
         &mut self,
         line: &ControlLine<ClientOp>,
         subject: &str,
-        header_len: usize,
+        (header_len, payload_len): (usize, u32),
         chunk: &[u8],
         now: Duration,
         out: &mut Rewrite,
@@ -222,7 +248,7 @@ impl Connection {
             self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
         } else if headers_end <= chunk.len() {
             let headers = &chunk[headers_start..headers_end];
-            match self.publish_allowed(subject, Some(headers), now) {
+            match self.publish_allowed(subject, Some(headers), payload_len, now) {
                 Ok(()) => forward_control_line(out, line),
                 Err(denied) => {
                     out.drop(line.span.clone());
@@ -243,6 +269,7 @@ impl Connection {
                 held,
                 remaining: header_len,
                 subject: subject.into(),
+                payload_len,
             }));
         }
     }
@@ -277,6 +304,23 @@ impl Connection {
         let State::Established(session) = &mut self.state else {
             return;
         };
+        if self.gate.policy.audit_subscriptions() {
+            let ruling = session
+                .permissions
+                .explain_subscribe(subject.as_bytes(), queue_bytes);
+            let subscription = Subscription {
+                sid,
+                subject: Some(subject),
+                queue,
+            };
+            self.report.events.push(AuditEvent::subscribe(
+                subscription,
+                &session.identity,
+                session.permissions.matched_rules(),
+                &observe::settled(ruling, allowed),
+                self.gate.policy.version(),
+            ));
+        }
         match decision {
             SubscribeDecision::Allowed => {
                 self.report.counters.subscribe_allowed += 1;
@@ -396,7 +440,8 @@ impl Connection {
                 return;
             }
         };
-        match self.publish_allowed(subject, headers, now) {
+        let payload_len = frame.payload.len() as u32;
+        match self.publish_allowed(subject, headers, payload_len, now) {
             Ok(()) => out.keep(frame.span),
             Err(denied) => {
                 out.drop(frame.span);
@@ -412,11 +457,13 @@ impl Connection {
     }
 
     /// nats-server's publish checks for a PUB (`headers: None`) or an HPUB whose header block is
-    /// at hand; counts an allowed publish. `Err` carries the subject the violation names.
+    /// at hand; counts an allowed publish, and the payload bytes of either. `Err` carries the
+    /// subject the violation names.
     pub(super) fn publish_allowed(
         &mut self,
         subject: &str,
         headers: Option<&[u8]>,
+        payload_len: u32,
         now: Duration,
     ) -> Result<(), String> {
         let State::Established(session) = &mut self.state else {
@@ -444,8 +491,12 @@ impl Connection {
                 },
             );
         }
+        let counters = &mut self.report.counters;
         if verdict.is_ok() {
-            self.report.counters.publish_allowed += 1;
+            counters.publish_allowed += 1;
+            counters.publish_bytes_allowed += u64::from(payload_len);
+        } else {
+            counters.publish_bytes_denied += u64::from(payload_len);
         }
         verdict
     }
@@ -463,7 +514,12 @@ impl Connection {
             return;
         }
         let header_block = &headers.held[headers.line_len..];
-        match self.publish_allowed(&headers.subject, Some(header_block), now) {
+        match self.publish_allowed(
+            &headers.subject,
+            Some(header_block),
+            headers.payload_len,
+            now,
+        ) {
             Ok(()) => out.insert(&headers.held),
             Err(denied) => self.deny_publish(&denied, now, out),
         }

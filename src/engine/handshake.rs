@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::observe::{admit, compare, Admission, Context, DecisionKind, Observer};
 use super::output::Rewrite;
 use super::subscriptions::Subscriptions;
+use super::telemetry::{self, MetricLabels};
 use super::{
     forward_control_line, AuditEvent, Connection, Forward, Gate, PongOwner, PresentedToken,
     Session, State, Verdict, AWAIT_KEYS_TIMEOUT,
@@ -189,6 +190,11 @@ impl Connection {
             }
         }
         connect.write_line(forwarded);
+        self.relabel(MetricLabels::of(
+            Some(&identity),
+            permissions.matched_rules(),
+        ));
+        self.count_connect(telemetry::Decision::Allowed, "");
         self.report.events.push(AuditEvent::connection_start(
             &identity,
             permissions.matched_rules(),
@@ -262,6 +268,11 @@ impl Connection {
         reason: &'static str,
         identity: Option<&Identity>,
     ) {
+        if !matches!(self.state, State::Established(_)) {
+            // An established connection keeps the labels it was counted under.
+            self.labels = MetricLabels::of(identity, &[]);
+        }
+        self.count_connect(telemetry::Decision::Denied, reason);
         let identity = identity.or(self.identity());
         self.report.events.push(match identity {
             Some(identity) => AuditEvent::refused(reason, identity),

@@ -19,6 +19,7 @@ mod output;
 mod reload;
 mod server;
 mod subscriptions;
+pub mod telemetry;
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -36,6 +37,7 @@ pub use audit::{AuditEvent, EventKind};
 pub use observe::DecisionKind;
 pub use output::Forward;
 use output::Rewrite;
+use telemetry::MetricLabels;
 
 /// How long a connection may wait for a provider's first remote JWKS before it is refused.
 pub const AWAIT_KEYS_TIMEOUT: Duration = Duration::from_secs(5);
@@ -142,9 +144,16 @@ pub struct Verdict {
 pub struct Counters {
     pub publish_allowed: u64,
     pub publish_denied: u64,
+    /// Payload bytes (headers included) of the allowed and of the denied publishes.
+    pub publish_bytes_allowed: u64,
+    pub publish_bytes_denied: u64,
     pub subscribe_allowed: u64,
     pub subscribe_denied: u64,
+    pub deliveries_allowed: u64,
     pub deliveries_filtered: u64,
+    /// Payload bytes (headers included) of the deliveries passed and of those filtered out.
+    pub delivery_bytes_allowed: u64,
+    pub delivery_bytes_filtered: u64,
     /// Times the connection was re-evaluated under a newer configuration.
     pub reevaluated: u64,
     /// Subscriptions a newer configuration no longer allowed.
@@ -163,9 +172,14 @@ impl Counters {
         Counters {
             publish_allowed: self.publish_allowed + other.publish_allowed,
             publish_denied: self.publish_denied + other.publish_denied,
+            publish_bytes_allowed: self.publish_bytes_allowed + other.publish_bytes_allowed,
+            publish_bytes_denied: self.publish_bytes_denied + other.publish_bytes_denied,
             subscribe_allowed: self.subscribe_allowed + other.subscribe_allowed,
             subscribe_denied: self.subscribe_denied + other.subscribe_denied,
+            deliveries_allowed: self.deliveries_allowed + other.deliveries_allowed,
             deliveries_filtered: self.deliveries_filtered + other.deliveries_filtered,
+            delivery_bytes_allowed: self.delivery_bytes_allowed + other.delivery_bytes_allowed,
+            delivery_bytes_filtered: self.delivery_bytes_filtered + other.delivery_bytes_filtered,
             reevaluated: self.reevaluated + other.reevaluated,
             subscriptions_revoked: self.subscriptions_revoked + other.subscriptions_revoked,
             revoked: self.revoked + other.revoked,
@@ -184,6 +198,20 @@ impl Counters {
 pub struct Report {
     pub counters: Counters,
     pub events: Vec<AuditEvent>,
+    /// The labelled metrics ([`telemetry`]).
+    pub labelled: Labelled,
+}
+
+/// What the labelled metrics of a report count: the connection decisions, and under which
+/// names the frame counters count from now on.
+#[derive(Debug, Default, PartialEq)]
+pub struct Labelled {
+    /// The stat names of the frame counters ([`telemetry::FRAME_SLOTS`]), when they changed
+    /// (the connection was accepted, or adopted a newer configuration): the counters of this
+    /// report and of later ones count under them.
+    pub frame_stat_names: Option<Box<telemetry::FrameStatNames>>,
+    /// One stat name per connection decision: each counts one.
+    pub connect_stat_names: Vec<String>,
 }
 
 /// Who owns the answer to a PING forwarded upstream.
@@ -283,6 +311,8 @@ struct HeldHeaders {
     line_len: usize,
     remaining: usize,
     subject: Box<str>,
+    /// The HPUB's total payload length (headers included).
+    payload_len: u32,
 }
 
 /// Largest HPUB header block natsguard holds to read `Nats-Trace-Dest` when the block is split
@@ -305,6 +335,8 @@ pub struct Connection {
     nonce: Option<String>,
     report: Report,
     totals: Counters,
+    /// What the labelled metrics say about the connection.
+    labels: MetricLabels,
 }
 
 impl Connection {
@@ -330,7 +362,26 @@ impl Connection {
             nonce: None,
             report: Report::default(),
             totals: Counters::default(),
+            labels: MetricLabels::default(),
         }
+    }
+
+    /// The connection's labels from now on: its frame counters count under their names.
+    fn relabel(&mut self, labels: MetricLabels) {
+        self.labels = labels;
+        let names = self.labels.frame_stat_names(self.gate.policy.dimensions());
+        self.report.labelled.frame_stat_names = Some(Box::new(names));
+    }
+
+    /// Counts a connection decision under the connection's labels.
+    fn count_connect(&mut self, decision: telemetry::Decision, reason: &str) {
+        let name = self.labels.stat_name(
+            self.gate.policy.dimensions(),
+            telemetry::Family::Connect,
+            decision,
+            reason,
+        );
+        self.report.labelled.connect_stat_names.push(name);
     }
 
     /// The first URI SAN of the client's certificate (Envoy knows it once the TLS handshake

@@ -20,6 +20,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::observe::{DecisionKind, Observer};
+use super::telemetry::{Decision, MetricLabels};
 use super::{AuditEvent, Connection, Gate, State, AWAIT_KEYS_TIMEOUT};
 use crate::identity::{AuthOutcome, Identity};
 use crate::policy::{Mode, SubscribeDecision};
@@ -65,6 +66,7 @@ impl Connection {
         session.valid_until = identity.valid_until();
         session.identity = identity;
         session.permissions = permissions;
+        let labels = MetricLabels::of(Some(&session.identity), session.permissions.matched_rules());
         let revoked: Vec<Box<str>> = session
             .subscriptions
             .iter()
@@ -97,6 +99,7 @@ impl Connection {
             self.report.counters.subscriptions_revoked += 1;
             self.pending.unsubscribe.push(sid);
         }
+        self.relabel(labels);
         true
     }
 
@@ -117,6 +120,8 @@ impl Connection {
         session.valid_until = None;
         session.verify_again_by = None;
         session.permissions = self.gate.policy.unrestricted_permissions();
+        let labels = MetricLabels::of(Some(&session.identity), &[]);
+        self.relabel(labels);
     }
 
     /// The second reading under the new configuration (its shadow policy, or the dry run's
@@ -243,6 +248,7 @@ impl Connection {
             ));
         }
         self.report.counters.revoked += 1;
+        self.count_connect(Decision::Revoked, reason);
         self.pending = Default::default();
         self.state = State::MustClose {
             since: now,

@@ -9,7 +9,7 @@ use super::{
     forward_control_line, AuditEvent, Close, Connection, Forward, PayloadFate, PongOwner, State,
     Verdict,
 };
-use crate::protocol::{Item, ServerOp, ServerParser};
+use crate::protocol::{Item, Operation, ServerOp, ServerParser};
 
 impl Connection {
     pub(super) fn process_server(
@@ -139,7 +139,7 @@ impl Connection {
         matches!(self.pongs.front(), Some(PongOwner::Unsubscribed { oks, .. }) if *oks > 0)
     }
 
-    /// Whether a MSG/HMSG reaches the client; counts the ones filtered out. Other ops are not
+    /// Whether a MSG/HMSG reaches the client; counts both kinds and their bytes. Other ops are not
     /// deliveries: never forwarded from here.
     pub(super) fn delivers(&mut self, op: &ServerOp, now: Duration) -> bool {
         let (ServerOp::Msg {
@@ -158,8 +158,14 @@ impl Connection {
             return false;
         };
         let delivered = self.deliver(subject, sid, reply, now);
-        if !delivered {
-            self.report.counters.deliveries_filtered += 1;
+        let bytes = u64::from(op.payload_len().unwrap_or_default());
+        let counters = &mut self.report.counters;
+        if delivered {
+            counters.deliveries_allowed += 1;
+            counters.delivery_bytes_allowed += bytes;
+        } else {
+            counters.deliveries_filtered += 1;
+            counters.delivery_bytes_filtered += bytes;
         }
         delivered
     }

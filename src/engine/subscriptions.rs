@@ -96,6 +96,10 @@ impl Subscriptions {
         self.by_sid.contains_key(sid)
     }
 
+    pub(super) fn get(&self, sid: &str) -> Option<&Subscription> {
+        self.by_sid.get(sid)
+    }
+
     pub(super) fn queue_of(&self, sid: &str) -> Option<&str> {
         self.by_sid.get(sid)?.queue.as_deref()
     }

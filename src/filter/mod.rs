@@ -121,7 +121,7 @@ impl StreamContext for Stream {
         let mut connection = self.connection.borrow_mut();
         let verdict = connection.client_data(&chunk, now());
         let action = self.apply(BufferType::DownstreamData, size, &chunk, verdict);
-        publish(&mut connection);
+        publish(self.id, &mut connection);
         action
     }
 
@@ -133,24 +133,29 @@ impl StreamContext for Stream {
         let mut connection = self.connection.borrow_mut();
         let verdict = connection.server_data(&chunk, now());
         let action = self.apply(BufferType::UpstreamData, size, &chunk, verdict);
-        publish(&mut connection);
+        publish(self.id, &mut connection);
         action
     }
 
     fn on_log(&mut self) {
         let mut connection = self.connection.borrow_mut();
         let end = connection.connection_end();
-        publish(&mut connection);
+        publish(self.id, &mut connection);
         log(LogLevel::Info, &end.json);
         roots::forget_connection(self.id);
     }
 }
 
-/// Counts and logs what the connection reported, and records the identity and decision in
+/// Counts and logs what connection `stream` reported, and records the identity and decision in
 /// Envoy's filter state for access logs (`%FILTER_STATE(wasm.natsguard_identity:PLAIN)%`).
-fn publish(connection: &mut Connection) {
-    let Report { counters, events } = connection.take_report();
+fn publish(stream: u32, connection: &mut Connection) {
+    let Report {
+        counters,
+        events,
+        labelled,
+    } = connection.take_report();
     metrics::count_frames(&counters);
+    metrics::count_labelled(stream, &labelled, &counters);
     for event in events {
         record(&event, connection);
         log(LogLevel::Info, &event.json);
@@ -195,6 +200,8 @@ fn record(event: &AuditEvent, connection: &Connection) {
         EventKind::Deny
         | EventKind::SubscriptionRevoked
         | EventKind::ShadowDiff
+        | EventKind::Subscribe
+        | EventKind::Unsubscribe
         | EventKind::ConnectionEnd => {}
     }
 }

@@ -107,6 +107,7 @@ pub(super) fn close_later(stream: u32) {
 /// The stream context's connection ended.
 pub(super) fn forget_connection(stream: u32) {
     CONNECTIONS.with(|connections| connections.borrow_mut().remove(&stream));
+    metrics::forget_connection(stream);
 }
 
 fn gate_of(root: u32) -> Option<Rc<Gate>> {
@@ -174,7 +175,7 @@ fn become_current(root: u32) {
         if proxy_wasm::hostcalls::set_effective_context(id).is_ok() {
             record_policy_version(&connection);
         }
-        publish(&mut connection);
+        publish(id, &mut connection);
     }
     act_as(root);
     log(
@@ -319,7 +320,7 @@ fn service_connections(plugin: &Plugin, tick: bool) {
                 }
             }
         }
-        publish(&mut connection);
+        publish(id, &mut connection);
     }
 }
 

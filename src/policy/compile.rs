@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::config::{
-    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
-    SubjectPermissionConfig, TrustedProxyConfig, UpstreamConfig,
+    AllowResponsesConfig, Config, ConfigError, DefaultAction, Dimension, FromConfig, LimitsConfig,
+    Mode, SubjectPermissionConfig, TelemetryConfig, TrustedProxyConfig, UpstreamConfig,
 };
 use super::connection::{
     ConnectionPermissions, EffectivePermissions, EntryList, PermissionEntry, ResponsePermission,
@@ -169,6 +169,10 @@ pub struct Policy {
     mode: Mode,
     /// The policy every decision is also made under and reported (not applied).
     shadow: Option<Box<Policy>>,
+    /// The dimensions of the labelled metrics that are on, in stat name order.
+    dimensions: Vec<Dimension>,
+    /// `audit.subscriptions`.
+    audit_subscriptions: bool,
 }
 
 /// Hex digits of the configuration's SHA-256 that name a policy version.
@@ -215,17 +219,18 @@ impl Policy {
             rules: shadow.rules.unwrap_or_else(|| config.rules.clone()),
             ..config.clone()
         };
+        // The policy first: an error in a part the shadow inherits is reported at its own path.
+        let mut loaded = Policy::compile(config, version.clone())?;
         let LoadedPolicy {
             policy: shadow,
             warnings: shadow_warnings,
-        } = Policy::compile(shadow_config, version.clone()).map_err(|error| {
+        } = Policy::compile(shadow_config, version).map_err(|error| {
             let path = match error.path.as_str() {
                 "$" => "shadow".to_owned(),
                 path => format!("shadow.{path}"),
             };
             ConfigError::new(path, error.reason)
         })?;
-        let mut loaded = Policy::compile(config, version)?;
         loaded.policy.shadow = Some(Box::new(shadow));
         // A part the shadow inherits says what the policy's own warning says already.
         let shadow_warnings: Vec<Warning> = shadow_warnings
@@ -318,6 +323,7 @@ impl Policy {
             .map(compile_trusted_proxy)
             .transpose()?;
         validate_limits(&config.limits)?;
+        let dimensions = compile_dimensions(&config.telemetry)?;
         let unrestricted = Arc::new(EffectivePermissions::unrestricted(
             Vec::new(),
             config.limits.decision_cache_entries as usize,
@@ -335,6 +341,8 @@ impl Policy {
             version,
             mode: config.mode,
             shadow: None,
+            dimensions,
+            audit_subscriptions: config.audit.subscriptions,
         };
         Ok(LoadedPolicy { policy, warnings })
     }
@@ -484,6 +492,16 @@ impl Policy {
                 mismatch: rule.from.as_ref().and_then(|from| from.mismatch(identity)),
             })
             .collect()
+    }
+
+    /// The dimensions of the labelled metrics that are on, in the order stat names carry them.
+    pub fn dimensions(&self) -> &[Dimension] {
+        &self.dimensions
+    }
+
+    /// `audit.subscriptions`: an audit line for every SUB and UNSUB.
+    pub fn audit_subscriptions(&self) -> bool {
+        self.audit_subscriptions
     }
 
     /// Names of the configured rules, in order.
@@ -779,6 +797,24 @@ fn compile_trusted_proxy(proxy: &TrustedProxyConfig) -> Result<TrustedProxySeed,
             "expected either \"seed\" or \"seed_env\"",
         )),
     }
+}
+
+/// `telemetry.dimensions`, each named once, in stat name order.
+fn compile_dimensions(telemetry: &TelemetryConfig) -> Result<Vec<Dimension>, ConfigError> {
+    let mut seen = Vec::with_capacity(telemetry.dimensions.len());
+    for (index, dimension) in telemetry.dimensions.iter().enumerate() {
+        if seen.contains(dimension) {
+            return Err(ConfigError::new(
+                format!("telemetry.dimensions[{index}]"),
+                format!("{:?} is listed twice", dimension.tag()),
+            ));
+        }
+        seen.push(*dimension);
+    }
+    Ok(Dimension::ALL
+        .into_iter()
+        .filter(|dimension| seen.contains(dimension))
+        .collect())
 }
 
 fn validate_limits(limits: &LimitsConfig) -> Result<(), ConfigError> {

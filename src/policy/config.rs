@@ -83,6 +83,76 @@ pub struct Config {
     /// A second policy every decision is also made under, only reported.
     #[serde(default)]
     pub shadow: Option<ShadowConfig>,
+    /// What the labelled metrics carry.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    /// Optional audit lines.
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `telemetry`: the dimensions (Envoy stat tags, Prometheus labels) of natsguard's labelled
+/// metrics. Each one multiplies the series Envoy keeps and Prometheus stores.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The dimensions that are on (default: all of them).
+    pub dimensions: Vec<Dimension>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> TelemetryConfig {
+        TelemetryConfig {
+            dimensions: Dimension::ALL.to_vec(),
+        }
+    }
+}
+
+/// One dimension of the labelled metrics. The operation (publish, subscribe, deliver, connect)
+/// is the metric's name; none of them is ever a subject or a token's subject (unbounded).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Dimension {
+    /// `allowed`, `denied` (deliveries: filtered), `revoked` (by a newer configuration).
+    Decision,
+    /// Why a connection was refused or revoked (the audit line's `reason`).
+    Reason,
+    /// The namespace of the client's SPIFFE ID (`unknown` without one).
+    Namespace,
+    /// The service account of the client's SPIFFE ID (`unknown` without one).
+    ServiceAccount,
+    /// The rules the connection matched (its permissions are theirs).
+    Rule,
+}
+
+impl Dimension {
+    /// In the order they appear in stat names.
+    pub const ALL: [Dimension; 5] = [
+        Dimension::Decision,
+        Dimension::Reason,
+        Dimension::Namespace,
+        Dimension::ServiceAccount,
+        Dimension::Rule,
+    ];
+
+    /// The Envoy tag and Prometheus label name.
+    pub fn tag(self) -> &'static str {
+        match self {
+            Dimension::Decision => "decision",
+            Dimension::Reason => "reason",
+            Dimension::Namespace => "namespace",
+            Dimension::ServiceAccount => "service_account",
+            Dimension::Rule => "rule",
+        }
+    }
+}
+
+/// `audit`: audit lines beyond the default ones (connections, denials, revocations).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// One line for every SUB and UNSUB, allowed or not (default false).
+    pub subscriptions: bool,
 }
 
 /// `mode`.

@@ -8,7 +8,7 @@ use std::fmt;
 use super::compile::{compile_entry, Entry};
 use super::config::one_line;
 use super::config::{
-    AllowResponsesConfig, Config, DefaultAction, FromConfig, Mode, RuleConfig,
+    AllowResponsesConfig, Config, DefaultAction, Dimension, FromConfig, Mode, RuleConfig,
     SubjectPermissionConfig,
 };
 use super::subject::{is_subset_match, tokens};
@@ -40,9 +40,16 @@ impl fmt::Display for Warning {
 }
 
 /// The warnings about a configuration that compiled: its policy part (identity, rules,
-/// default action, mode). A shadow policy is linted as the policy it makes, under `shadow.`.
+/// default action, mode, telemetry). A shadow policy is linted as the policy it makes, under
+/// `shadow.`.
 pub(super) fn lint(config: &Config) -> Vec<Warning> {
     let mut warnings = Vec::new();
+    if !config.telemetry.dimensions.contains(&Dimension::Decision) {
+        warnings.push(Warning::new(
+            "telemetry.dimensions",
+            "\"decision\" is off: allowed and denied frames count in the same series",
+        ));
+    }
     if config.mode == Mode::DryRun {
         warnings.push(Warning::new(
             "mode",

@@ -28,9 +28,10 @@ pub use compile::{
 #[cfg(not(target_arch = "wasm32"))] // the command's own messages
 pub(crate) use config::one_line;
 pub use config::{
-    AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
-    PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig, SubjectPermissionConfig,
-    TrustedProxyConfig, UpstreamConfig, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
+    AllowResponsesConfig, AuditConfig, Config, ConfigError, DefaultAction, Dimension, FromConfig,
+    LimitsConfig, Mode, PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig,
+    SubjectPermissionConfig, TelemetryConfig, TrustedProxyConfig, UpstreamConfig,
+    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
 };
 pub use connection::{
     is_reserved_reply, ConnectionPermissions, EntryList, PermissionEntry, ResponsePermission,

@@ -4,6 +4,8 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod dashboard;
+pub mod prometheus;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -604,6 +606,17 @@ fn rewrite(
 
 /// A minimal HTTP/1.1 GET (Connection: close) against Envoy's admin endpoint.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let (status, body) = http_get_any_status(port, path)?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!(
+            "GET {path}: status {status}"
+        )));
+    }
+    Ok(body)
+}
+
+/// A minimal HTTP/1.1 GET (Connection: close): the status and the body, whatever the status.
+pub fn http_get_any_status(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -614,19 +627,18 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !head.starts_with("HTTP/1.0 200") && !head.starts_with("HTTP/1.1 200") {
-        return Err(std::io::Error::other(format!(
-            "GET {path}: {}",
-            head.lines().next().unwrap_or("")
-        )));
-    }
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|status| status.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("GET {path}: no HTTP status")))?;
     if head
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Ok(dechunk(body));
+        return Ok((status, dechunk(body)));
     }
-    Ok(body.to_string())
+    Ok((status, body.to_string()))
 }
 
 fn dechunk(mut body: &str) -> String {

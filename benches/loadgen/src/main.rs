@@ -21,7 +21,8 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4,5] [--only throughput,latency,connect,memory,nats-bench,live-policy,wire]
+//!            [--setups 1,2,3,4,5,6]
+//!            [--only throughput,latency,connect,memory,nats-bench,live-policy,subscriptions,wire]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
@@ -52,18 +53,19 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --seconds N           how long each throughput run publishes (default 1.5)
   --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536;
                         nats bench runs those of 128 and 1024 in the list)
-  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5: 1 direct, 2 Envoy tcp_proxy,
-                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow)
-  --only LIST           measurements, e.g. throughput,latency (default all:
-                        throughput,latency,connect,memory,nats-bench,live-policy,wire; wire is
-                        the one-Envoy plaintext setup: tcp_proxy, pass-through module, natsguard
+  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5,6: 1 direct, 2 Envoy tcp_proxy,
+                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow,
+                        6 as 3 + audit.subscriptions)
+  --only LIST           measurements, e.g. throughput,latency (default all: throughput,latency,
+                        connect,memory,nats-bench,live-policy,subscriptions,wire; wire is the
+                        one-Envoy plaintext setup: tcp_proxy, pass-through module, natsguard
                         allow-all and restricted, interleaved, with its CONNECT figures)
   --help                this text";
 
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
 /// The largest payload nats-server accepts by default (`max_payload`).
 const MAX_PAYLOAD: usize = 1 << 20;
-const SETUPS: [usize; 5] = [1, 2, 3, 4, 5];
+const SETUPS: [usize; 6] = [1, 2, 3, 4, 5, 6];
 const PUBLISHERS: [usize; 2] = [1, 16];
 /// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
 /// cutting the subscriber off as a slow consumer, without limiting the rate.
@@ -73,6 +75,9 @@ const IN_FLIGHT_BYTES: usize = 8 << 20;
 const LATENCY_RATE_PER_SECOND: u64 = 1000;
 const LATENCY_REQUESTS: usize = 5000;
 const CONNECTS: usize = 200;
+/// Subscription churn: SUB + UNSUB pairs per batch (a PING ends it), and batches per run.
+const CHURN_BATCH: usize = 100;
+const CHURN_BATCHES: usize = 300;
 /// Policy updates timed from the rename of the ECDS file to enforcement on an open connection.
 const POLICY_UPDATES: usize = 100;
 const IDLE_CONNECTIONS: usize = 300;
@@ -215,6 +220,8 @@ struct Setup {
     token: Option<String>,
     /// Whether natsguard is in the path (checked against Envoy's stats after the run).
     filtered: bool,
+    /// Whether the live-policy measurement runs here (its policy versions replace the setup's).
+    probes_live_policy: bool,
     running: Running,
 }
 
@@ -266,6 +273,13 @@ fn allow_all_policy() -> String {
         "rules": [{ "name": "everyone", "from": { "principals": ["*"] } }]
     })
     .to_string()
+}
+
+/// Row 6's configuration: row 3's, with an audit line for every SUB and UNSUB.
+fn allow_all_policy_with_subscription_audit() -> String {
+    let mut config: Value = serde_json::from_str(&allow_all_policy()).expect("row 3's policy");
+    config["audit"] = json!({ "subscriptions": true });
+    config.to_string()
 }
 
 /// 1,000 rules in the shape of a multi-team deployment: per-team SPIFFE and claim rules with
@@ -806,6 +820,58 @@ async fn connect_rate(port: u16, tokens: Option<&[String]>) -> Result<ConnectRat
     })
 }
 
+/// SUB + UNSUB pairs on one connection, in batches each ended by a PING (its PONG: the batch
+/// went through): the rate and Envoy's CPU per pair, medians of [`ROUNDS`] runs.
+struct Churn {
+    per_second: f64,
+    cpu_per_pair_us: Option<f64>,
+}
+
+async fn subscription_churn(setup: &Setup) -> Result<Churn> {
+    let mut rates = Vec::with_capacity(ROUNDS);
+    let mut cpus = Vec::with_capacity(ROUNDS);
+    for _ in 0..ROUNDS {
+        let mut stream = connect(setup.port(), setup.token.as_deref()).await?;
+        let cpu_before = setup.envoy_pid().map(cpu_time).transpose()?;
+        let started = Instant::now();
+        for batch in 0..CHURN_BATCHES {
+            let mut frames = String::with_capacity(CHURN_BATCH * 64);
+            for pair in 0..CHURN_BATCH {
+                let sid = batch * CHURN_BATCH + pair + 1;
+                let _ = write!(
+                    frames,
+                    "SUB {}.churn.{pair} {sid}\r\nUNSUB {sid}\r\n",
+                    setup.prefix
+                );
+            }
+            frames.push_str("PING\r\n");
+            stream
+                .write_all(frames.as_bytes())
+                .await
+                .map_err(|e| e.to_string())?;
+            let answer = read_until(&mut stream, b"PONG\r\n").await?;
+            if answer.starts_with(b"-ERR") {
+                return Err(format!(
+                    "{}: subscription churn: {}",
+                    setup.name,
+                    String::from_utf8_lossy(&answer).trim()
+                ));
+            }
+        }
+        let elapsed = started.elapsed();
+        let cpu_after = setup.envoy_pid().map(cpu_time).transpose()?;
+        let pairs = (CHURN_BATCH * CHURN_BATCHES) as f64;
+        rates.push(pairs / elapsed.as_secs_f64());
+        if let Some((before, after)) = cpu_before.zip(cpu_after) {
+            cpus.push((after - before).as_secs_f64() * 1e6 / pairs);
+        }
+    }
+    Ok(Churn {
+        per_second: median(rates),
+        cpu_per_pair_us: (!cpus.is_empty()).then(|| median(cpus)),
+    })
+}
+
 struct IdleMemory {
     rss_per_connection: f64,
     heap_per_connection: f64,
@@ -954,6 +1020,7 @@ struct Results {
     connect_jwt: Option<ConnectRate>,
     memory: Option<IdleMemory>,
     live_policy: Option<LivePolicy>,
+    subscriptions: Option<Churn>,
 }
 
 async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Result<Results> {
@@ -1029,22 +1096,34 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
             }
         }
     }
+    let subscriptions = if options.measures(Measurement::Subscriptions) {
+        let churn = subscription_churn(setup).await?;
+        eprintln!(
+            "loadgen:   SUB+UNSUB: {:>10.0} pairs/s, Envoy CPU {} µs/pair",
+            churn.per_second,
+            churn
+                .cpu_per_pair_us
+                .map_or("-".into(), |c| format!("{c:.2}"))
+        );
+        Some(churn)
+    } else {
+        None
+    };
     // The allow-all setup only: its policy versions are the probe's.
-    let live_policy =
-        if options.measures(Measurement::LivePolicy) && setup.filtered && setup.token.is_none() {
-            let live = live_policy(setup).await?;
-            if let Some(live) = &live {
-                for (kind, p) in [("new", &live.new), ("reinstated", &live.reinstated)] {
-                    eprintln!(
+    let live_policy = if options.measures(Measurement::LivePolicy) && setup.probes_live_policy {
+        let live = live_policy(setup).await?;
+        if let Some(live) = &live {
+            for (kind, p) in [("new", &live.new), ("reinstated", &live.reinstated)] {
+                eprintln!(
                     "loadgen:   policy update ({kind}) to enforcement p50 {:?} p99 {:?} max {:?}",
                     p.p50, p.p99, p.max
                 );
-                }
             }
-            live
-        } else {
-            None
-        };
+        }
+        live
+    } else {
+        None
+    };
     check_path(setup)?;
     Ok(Results {
         throughput: results,
@@ -1054,6 +1133,7 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
         connect_jwt,
         memory,
         live_policy,
+        subscriptions,
     })
 }
 
@@ -1069,9 +1149,10 @@ enum Measurement {
     NatsBench,
     LivePolicy,
     Wire,
+    Subscriptions,
 }
 
-const MEASUREMENTS: [Measurement; 7] = [
+const MEASUREMENTS: [Measurement; 8] = [
     Measurement::Throughput,
     Measurement::Latency,
     Measurement::Connect,
@@ -1079,6 +1160,7 @@ const MEASUREMENTS: [Measurement; 7] = [
     Measurement::NatsBench,
     Measurement::LivePolicy,
     Measurement::Wire,
+    Measurement::Subscriptions,
 ];
 
 impl Measurement {
@@ -1091,6 +1173,7 @@ impl Measurement {
             Measurement::NatsBench => "nats-bench",
             Measurement::LivePolicy => "live-policy",
             Measurement::Wire => "wire",
+            Measurement::Subscriptions => "subscriptions",
         }
     }
 }
@@ -1100,7 +1183,7 @@ struct Options {
     run_for: Duration,
     /// Throughput payload sizes, ascending.
     payloads: Vec<usize>,
-    /// Setup numbers (1 to 4), ascending.
+    /// Setup numbers (1 to 6), ascending.
     setups: Vec<usize>,
     measurements: Vec<Measurement>,
     /// The subset options given (none for a full run).
@@ -1177,7 +1260,7 @@ fn options() -> Result<Options> {
                     &arg,
                     &value,
                     |item| item.parse().ok().filter(|n| SETUPS.contains(n)),
-                    "a setup number (1, 2, 3 or 4)",
+                    "a setup number (1 to 6)",
                 )?;
                 options.subset.push(format!("{arg} {value}"));
             }
@@ -1187,7 +1270,7 @@ fn options() -> Result<Options> {
                     &arg,
                     &value,
                     |item| MEASUREMENTS.into_iter().find(|m| m.name() == item),
-                    "one of throughput, latency, connect, memory, nats-bench, live-policy",
+                    "one of throughput, latency, connect, memory, nats-bench, live-policy, subscriptions",
                 )?;
                 options.subset.push(format!("{arg} {value}"));
             }
@@ -1233,10 +1316,11 @@ fn run() -> Result<()> {
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
 
-    let setups: [StartSetup; 5] = [
+    let setups: [StartSetup; 6] = [
         |_, _| Setup {
             name: "1. client → nats-server",
             filtered: false,
+            probes_live_policy: false,
             prefix: "bench".into(),
             token: None,
             running: Running::Direct(NatsServer::start(None)),
@@ -1244,6 +1328,7 @@ fn run() -> Result<()> {
         |_, _| Setup {
             name: "2. Envoy mTLS + tcp_proxy",
             filtered: false,
+            probes_live_policy: false,
             prefix: "bench".into(),
             token: None,
             running: Running::Mesh(Mesh::start_without_filter(NatsServer::start(None))),
@@ -1251,6 +1336,7 @@ fn run() -> Result<()> {
         |_, _| Setup {
             name: "3. + natsguard, allow-all",
             filtered: true,
+            probes_live_policy: true,
             prefix: "bench".into(),
             token: None,
             running: Running::Mesh(Mesh::start(&allow_all_policy())),
@@ -1258,6 +1344,7 @@ fn run() -> Result<()> {
         |jwks, token| Setup {
             name: "4. + natsguard, 1,000 rules, JWT",
             filtered: true,
+            probes_live_policy: false,
             prefix: format!("tenants.{TENANT}.bench"),
             token: Some(token.to_string()),
             running: Running::Mesh(Mesh::start(&realistic_policy(jwks))),
@@ -1265,9 +1352,18 @@ fn run() -> Result<()> {
         |jwks, token| Setup {
             name: "5. as 4 + shadow policy",
             filtered: true,
+            probes_live_policy: false,
             prefix: format!("tenants.{TENANT}.bench"),
             token: Some(token.to_string()),
             running: Running::Mesh(Mesh::start(&realistic_policy_with_shadow(jwks))),
+        },
+        |_, _| Setup {
+            name: "6. as 3 + audit.subscriptions",
+            filtered: true,
+            probes_live_policy: false,
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&allow_all_policy_with_subscription_audit())),
         },
     ];
     // Indexed by setup (row 1 at 0); `None` for a setup this run skipped (`--setups`).
@@ -1316,15 +1412,25 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Row 5 against row 4: the same policy and traffic, with and without a shadow reading it.
-fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>) {
+/// A row against its base row: the same traffic, with and without one option (row 5: a shadow
+/// policy over row 4; row 6: audit.subscriptions over row 3). `rows`: the base row's number,
+/// the row's, and what the row adds.
+fn option_cost(
+    w: &mut String,
+    without: Option<&Results>,
+    with: Option<&Results>,
+    (base, row, option): (usize, usize, &str),
+) {
     let (Some(without), Some(with)) = (without, with) else {
-        let _ = writeln!(w, "Not measured in this run (rows 4 and 5 both needed).");
+        let _ = writeln!(
+            w,
+            "Not measured in this run (rows {base} and {row} both needed)."
+        );
         return;
     };
     let _ = writeln!(
         w,
-        "| Figure | row 4 | row 5 (shadow) | row 5 / row 4 |\n|---|---:|---:|---:|"
+        "| Figure | row {base} | row {row} ({option}) | row {row} / row {base} |\n|---|---:|---:|---:|"
     );
     for t4 in &without.throughput {
         let Some(t5) = with
@@ -1376,6 +1482,22 @@ fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>
             m5.heap_per_connection / 1024.0,
             (m5.heap_per_connection - m4.heap_per_connection) / 1024.0
         );
+    }
+    if let (Some(s4), Some(s5)) = (&without.subscriptions, &with.subscriptions) {
+        let _ = writeln!(
+            w,
+            "| SUB+UNSUB pairs/s | {:.0} | {:.0} | {} |",
+            s4.per_second,
+            s5.per_second,
+            ratio(s5.per_second, s4.per_second)
+        );
+        if let (Some(c4), Some(c5)) = (s4.cpu_per_pair_us, s5.cpu_per_pair_us) {
+            let _ = writeln!(
+                w,
+                "| Envoy CPU µs per SUB+UNSUB | {c4:.2} | {c5:.2} | {} |",
+                ratio(c5, c4)
+            );
+        }
     }
 }
 
@@ -1503,7 +1625,7 @@ fn report(
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
-    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3, 4 and 5 only.");
+    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree); 6. as 3 with `audit.subscriptions: true` (an audit line for every SUB and UNSUB). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 to 6 only.");
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = the run time of every Envoy thread (`/proc/<pid>/task/*/schedstat`, nanoseconds) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
@@ -1826,7 +1948,36 @@ fn report(
     }
 
     let _ = writeln!(w, "\n## What a shadow policy costs (row 5 against row 4)\n");
-    shadow_cost(w, row(3), row(4));
+    option_cost(w, row(3), row(4), (4, 5, "shadow"));
+
+    let _ = writeln!(
+        w,
+        "\n## What audit.subscriptions costs (row 6 against row 3)\n"
+    );
+    let _ = writeln!(w, "Row 6 writes two audit lines (Envoy's `wasm` logger, info level, to Envoy's log file) per SUB+UNSUB pair; PUB and MSG frames are not audited, so their figures should not move. Subscription churn: {CHURN_BATCHES} batches of {CHURN_BATCH} `SUB <subject> <sid>` + `UNSUB <sid>` pairs, each batch ended by a PING and its PONG, on one connection; the median of {ROUNDS} runs.\n");
+    option_cost(w, row(2), row(5), (3, 6, "audit.subscriptions"));
+
+    let _ = writeln!(
+        w,
+        "\n## Subscription churn (SUB + UNSUB pairs on one connection)\n"
+    );
+    if measured.clone().any(|(_, r)| r.subscriptions.is_some()) {
+        let _ = writeln!(
+            w,
+            "| Setup | pairs/s | Envoy CPU µs / pair |\n|---|---:|---:|"
+        );
+    } else {
+        not_measured(w);
+    }
+    for (name, r) in measured.clone() {
+        let Some(c) = &r.subscriptions else { continue };
+        let _ = writeln!(
+            w,
+            "| {name} | {:.0} | {} |",
+            c.per_second,
+            c.cpu_per_pair_us.map_or("-".into(), |c| format!("{c:.2}"))
+        );
+    }
 
     let _ = writeln!(
         w,

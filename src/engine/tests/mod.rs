@@ -467,3 +467,4 @@ fn the_end_of_a_connection_counts_everything_and_leaves_pending_counters_for_met
 
 mod observe;
 mod reload;
+mod telemetry;
