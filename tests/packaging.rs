@@ -370,9 +370,10 @@ fn istio_manifests_are_wired_together() {
                 && doc["spec"]["hosts"]
                     .as_array()
                     .is_some_and(|h| h.iter().any(|x| x == host))
-                && doc["spec"]["ports"]
-                    .as_array()
-                    .is_some_and(|p| p.iter().any(|x| x["number"].to_string() == port))
+                && doc["spec"]["ports"].as_array().is_some_and(|p| {
+                    p.iter()
+                        .any(|x| x["number"].as_u64().is_some_and(|n| n.to_string() == port))
+                })
         });
         assert!(entry_serves, "no ServiceEntry for {host}:{port}");
         let tls_originated = documents.iter().any(|(_, doc)| {
@@ -382,7 +383,10 @@ fn istio_manifests_are_wired_together() {
                     .as_array()
                     .is_some_and(|settings| {
                         settings.iter().any(|s| {
-                            s["port"]["number"].to_string() == port && s["tls"]["mode"] == "SIMPLE"
+                            s["port"]["number"]
+                                .as_u64()
+                                .is_some_and(|n| n.to_string() == port)
+                                && s["tls"]["mode"] == "SIMPLE"
                         })
                     })
         });

@@ -502,7 +502,7 @@ pub fn start_envoy(dir: &Path, config_path: &Path, workers: usize, admin_port: u
     let stdout = std::fs::File::create(dir.join("envoy.stdout")).expect("envoy.stdout");
     let mut child = envoy_command(dir)
         .arg("-c")
-        .arg(&config_path)
+        .arg(config_path)
         .args([
             "--disable-hot-restart",
             "--concurrency",
