@@ -11,7 +11,7 @@
 # (`scripts/bench.sh --help` lists the options).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/build-wasm.sh
+scripts/build-wasm.sh natsguard-passthrough
 scripts/ensure-runtime.sh
 scripts/ensure-tools.sh
 envoy/gen-certs.sh >/dev/null

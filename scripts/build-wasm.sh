@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Builds target/wasm32-wasip1/release/natsguard.wasm and checks its imports.
+# Builds target/wasm32-wasip1/release/natsguard.wasm and checks its imports; packages named as
+# arguments are built beside it (`scripts/build-wasm.sh natsguard-passthrough`: make bench's floor,
+# target/wasm32-wasip1/release/natsguard_passthrough.wasm).
 #
 # Toolchain detection: with rustup, the wasm32-wasip1 target is added if missing and the plain
 # `cargo build --target wasm32-wasip1` runs. Without rustup, or if the target cannot be added,
@@ -10,6 +12,8 @@ cd "$(dirname "$0")/.."
 target=wasm32-wasip1
 out=target/$target/release/natsguard.wasm
 debian_packages=(rustc-web cargo-web rust-web-src rust-web-llvm lld-22 wasi-libc)
+packages=(-p natsguard)
+for package in "$@"; do packages+=(-p "$package"); done
 
 has_rustup_target() {
     command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx "$target"
@@ -23,7 +27,7 @@ if [[ ${NATSGUARD_WASM_TOOLCHAIN:-} != debian ]] && command -v rustup >/dev/null
 fi
 if [[ ${NATSGUARD_WASM_TOOLCHAIN:-} != debian ]] && has_rustup_target; then
     echo "build-wasm: rustup toolchain with $target"
-    cargo build --release --target "$target" --lib
+    cargo build --release --target "$target" --lib "${packages[@]}"
 else
     missing=()
     for package in "${debian_packages[@]}"; do
@@ -42,7 +46,7 @@ else
     echo "build-wasm: Debian rustc-web ($(/usr/bin/rustc --version)) with -Zbuild-std"
     RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
         RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi" \
-        /usr/bin/cargo build --release --target "$target" --lib -Zbuild-std=std,panic_abort
+        /usr/bin/cargo build --release --target "$target" --lib "${packages[@]}" -Zbuild-std=std,panic_abort
 fi
 
 python3 scripts/check-wasm-imports.py "$out"
