@@ -38,7 +38,7 @@ fn gate_with(rules: serde_json::Value, extra: serde_json::Value) -> Rc<Gate> {
         config[key] = value.clone();
     }
     let loaded = policy::load(&config.to_string()).expect("valid benchmark policy");
-    Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
+    Rc::new(Gate::new(loaded.policy, None, None).expect("identity configuration"))
 }
 
 fn allow_all() -> Rc<Gate> {

@@ -10,7 +10,6 @@ use natsguard::command::explain::{self, Credential, Operation, Question};
 use natsguard::command::{check, source};
 use natsguard::ecds::{self, FilterSettings};
 use natsguard::engine::Gate;
-use natsguard::policy;
 
 /// Where a configuration can come from, for every command's help.
 macro_rules! sources {
@@ -88,7 +87,8 @@ enum Command {
         #[arg(long, default_value = "FAIL_RELOAD", value_parser = ["FAIL_RELOAD", "FAIL_CLOSED"])]
         failure_policy: String,
         /// An environment variable of Envoy's process the VM may read (repeatable); the
-        /// configuration's `trusted_proxy.seed_env` is added by itself.
+        /// configuration's `seed_env`s (`trusted_proxy`, `provenance.sign`) are added by
+        /// themselves.
         #[arg(long = "host-env")]
         host_env: Vec<String>,
     },
@@ -339,9 +339,9 @@ fn write_ecds(policy_file: &Path, out: &Path, mut settings: FilterSettings) -> R
     let (gate, _) = Gate::load(&json, &|variable| Ok(std::env::var(variable).ok()))
         .map_err(|reason| Failure(format!("{}: {reason}", policy_file.display())))?;
     let policy = &gate.policy;
-    if let Some(policy::TrustedProxySeed::Env(name)) = policy.trusted_proxy() {
-        if !settings.host_env_keys.contains(name) {
-            settings.host_env_keys.push(name.clone());
+    for (_, name) in policy.seed_envs() {
+        if !settings.host_env_keys.iter().any(|known| known == name) {
+            settings.host_env_keys.push(name.to_owned());
         }
     }
     let version = policy.version();

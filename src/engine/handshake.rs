@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::observe::{admit, compare, Admission, Context, DecisionKind, Observer};
 use super::output::Rewrite;
+use super::provenance;
 use super::subscriptions::Subscriptions;
 use super::{
     forward_control_line, AuditEvent, Connection, Forward, Gate, PongOwner, PresentedToken,
@@ -195,7 +196,9 @@ impl Connection {
             gate.policy.version(),
             gate.policy.mode(),
             gate.policy.shadow().is_some(),
+            gate.policy.provenance(),
         ));
+        let stamping = provenance::Stamping::of(gate, &identity);
         self.state = State::Established(Box::new(Session {
             valid_until: identity.valid_until(),
             headers: connect.headers() == Some(true),
@@ -208,6 +211,8 @@ impl Connection {
             verify_again_by: None,
             subscriptions: Subscriptions::default(),
             observer,
+            stamping,
+            removals_reported: 0,
         }));
     }
 
