@@ -198,6 +198,11 @@ fn check_reports_each_error_on_one_line_with_its_json_path() {
             "-: error: rules[0].from.claims.groups[0]: \"a*b\": '*' is only allowed alone, at the start or at the end",
         ),
         (
+            // What the configuration contains is escaped: an error stays one line.
+            format!(r#"{{ {SPIFFE}, "rules": [{{ "name": "a", "permissions": {{ "pub\nlish\u001b": [] }} }}] }}"#),
+            "-: error: rules[0].permissions.pub\\nlish\\u{1b}: unknown field `pub\\nlish\\u{1b}`, expected one of `publish`, `subscribe`, `allow_responses` at line 1 column 127",
+        ),
+        (
             "{ \"rules\": [,] }".to_owned(),
             "-: error: not valid JSON: expected value at line 1 column 13",
         ),
@@ -311,25 +316,37 @@ const API: &str = "spiffe://cluster.local/ns/billing/sa/api";
 const PUBLISH_SCOPE: &str =
     r#"{"iss":"https://idp.example.com","sub":"alice","aud":"nats","scp":"billing.publish"}"#;
 
+impl Run {
+    /// Asserts that each of `lines` is a line of the standard output, and the exit code 0.
+    fn prints(&self, lines: &[&str]) {
+        assert_eq!(self.code, 0, "{}", self.stderr);
+        for line in lines {
+            assert!(
+                self.stdout.lines().any(|printed| printed == *line),
+                "{line:?} missing in\n{}",
+                self.stdout
+            );
+        }
+    }
+}
+
+/// `natsguard explain FILE` with `args` (identity options, then the operation).
+fn explain(file: &str, args: &[&str]) -> Run {
+    let mut all = vec!["explain", file];
+    all.extend(args);
+    natsguard(&all, "")
+}
+
 #[test]
 fn explain_names_the_rule_the_entry_and_the_bytes_for_the_readme_example() {
     let policy = readme_example();
     let path = policy.path().to_str().unwrap();
-    let run = natsguard(
-        &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--claims",
-            PUBLISH_SCOPE,
-            "pub",
-            "billing.admin.x",
-        ],
-        "",
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    for line in [
+    let with_scope = ["--spiffe", API, "--claims", PUBLISH_SCOPE];
+    explain(
+        path,
+        &[&with_scope[..], &["pub", "billing.admin.x"]].concat(),
+    )
+    .prints(&[
         "  principal        cluster.local/ns/billing/sa/api",
         "  namespace        billing",
         "  token            NOT VERIFIED: claims given with --claims",
@@ -340,55 +357,25 @@ fn explain_names_the_rule_the_entry_and_the_bytes_for_the_readme_example() {
         "  rule             billing publishers",
         "  entry            deny billing.admin.>",
         r#"  client gets      -ERR 'Permissions Violation for Publish to "billing.admin.x"'\r\n"#,
-    ] {
-        assert!(
-            run.stdout.lines().any(|l| l == line),
-            "{line:?} missing in\n{}",
-            run.stdout
-        );
-    }
+    ]);
     // Without the scope the rule does not match, and the output says which key failed.
-    let run = natsguard(
-        &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--claims",
-            r#"{"iss":"https://idp.example.com","sub":"alice"}"#,
-            "sub",
-            "billing.x",
-        ],
-        "",
-    );
-    assert!(
-        run.stdout.contains(
-            "  does not match   billing publishers: claims.scp: the token has no such claim"
-        ),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("  client gets      -ERR 'Authorization Violation'\\r\\n"),
-        "{}",
-        run.stdout
-    );
+    let no_scope = r#"{"iss":"https://idp.example.com","sub":"alice"}"#;
+    explain(
+        path,
+        &["--spiffe", API, "--claims", no_scope, "sub", "billing.x"],
+    )
+    .prints(&[
+        "  does not match   billing publishers: claims.scp: the token has no such claim",
+        r"  client gets      -ERR 'Authorization Violation'\r\n",
+    ]);
     // --json for tooling: the same facts.
-    let run = natsguard(
+    let run = explain(
+        path,
         &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--claims",
-            PUBLISH_SCOPE,
-            "--json",
-            "sub",
-            "billing.events.x",
-            "other",
-        ],
-        "",
+            &with_scope[..],
+            &["--json", "sub", "billing.events.x", "other"],
+        ]
+        .concat(),
     );
     let explanation: Value = serde_json::from_str(&run.stdout).expect("JSON");
     assert_eq!(explanation["decision"]["allowed"], false);
@@ -444,109 +431,48 @@ fn explain_verifies_a_token_with_the_providers_keys_and_says_so_when_it_does_not
     let idp = idp();
     let jwks = format!("corp-idp={}", idp.jwks.path().display());
     let signed = token(&idp.key, "billing.publish");
-    let run = natsguard(
+    let publish = ["pub", "billing.x"];
+    explain(
+        path,
         &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--jwt",
-            &signed,
-            "--jwks",
-            &jwks,
-            "pub",
-            "billing.x",
-        ],
-        "",
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(
-        run.stdout
-            .contains("  token            verified\n  provider         corp-idp\n"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("  decision         ALLOWED\n"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("  entry            allow billing.>\n"),
-        "{}",
-        run.stdout
-    );
+            &["--spiffe", API, "--jwt", &signed, "--jwks", &jwks][..],
+            &publish,
+        ]
+        .concat(),
+    )
+    .prints(&[
+        "  token            verified",
+        "  provider         corp-idp",
+        "  decision         ALLOWED",
+        "  entry            allow billing.>",
+    ]);
     // Signed by another key: refused as the filter refuses it.
     let forged = token(
         &ES256KeyPair::generate().with_key_id("k1"),
         "billing.publish",
     );
-    let run = natsguard(
+    explain(
+        path,
         &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--jwt",
-            &forged,
-            "--jwks",
-            &jwks,
-            "pub",
-            "billing.x",
-        ],
-        "",
-    );
-    assert!(
-        run.stdout
-            .contains("  refused          jwt_bad_signature\n"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout
-            .contains("the connection is refused at CONNECT (jwt_bad_signature)"),
-        "{}",
-        run.stdout
-    );
+            &["--spiffe", API, "--jwt", &forged, "--jwks", &jwks][..],
+            &publish,
+        ]
+        .concat(),
+    )
+    .prints(&[
+        "  refused          jwt_bad_signature",
+        "  entry            the connection is refused at CONNECT (jwt_bad_signature)",
+    ]);
     // Only decoded: loudly.
-    let run = natsguard(
-        &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--jwt",
-            &forged,
-            "--no-verify",
-            "pub",
-            "billing.x",
-        ],
-        "",
-    );
-    assert!(
-        run.stdout
-            .contains("  token            NOT VERIFIED: decoded only (--no-verify)"),
-        "{}",
-        run.stdout
-    );
-    assert!(
-        run.stdout.contains("  decision         ALLOWED\n"),
-        "{}",
-        run.stdout
-    );
+    explain(path, &[&["--spiffe", API, "--jwt", &forged, "--no-verify"][..], &publish].concat())
+        .prints(&[
+            "  token            NOT VERIFIED: decoded only (--no-verify); the filter verifies the signature, issuer, audience and times",
+            "  decision         ALLOWED",
+        ]);
     // Remote keys not given: a clear error, not a guess.
-    let run = natsguard(
-        &[
-            "explain",
-            path,
-            "--spiffe",
-            API,
-            "--jwt",
-            &signed,
-            "pub",
-            "billing.x",
-        ],
-        "",
+    let run = explain(
+        path,
+        &[&["--spiffe", API, "--jwt", &signed][..], &publish].concat(),
     );
     assert_eq!(run.code, 2);
     assert_eq!(
@@ -557,36 +483,31 @@ fn explain_verifies_a_token_with_the_providers_keys_and_says_so_when_it_does_not
 
 #[test]
 fn explain_follows_a_delivery_through_the_subscription_and_the_filter() {
-    let run = natsguard(
-        &[
-            "explain",
+    let subscriber = [
+        "--spiffe",
+        "spiffe://cluster.local/ns/billing/sa/subscriber",
+    ];
+    let deliver = |subject: &'static str| {
+        let operation = ["deliver", subject, "--sub", "billing.>"];
+        explain(
             "envoy/demo-policy.json",
-            "--spiffe",
-            "spiffe://cluster.local/ns/billing/sa/subscriber",
-            "deliver",
-            "billing.admin.x",
-            "--sub",
-            "billing.>",
-        ],
-        "",
-    );
-    assert_eq!(run.code, 0, "{}", run.stderr);
-    assert!(run.stdout.contains("  frame            MSG billing.admin.x to SUB billing.>\n  decision         DENIED\n  rule             billing subscribers\n  entry            deny billing.admin.>\n  client gets      nothing\n"), "{}", run.stdout);
-    let run = natsguard(
-        &[
-            "explain",
-            "envoy/demo-policy.json",
-            "--spiffe",
-            "spiffe://cluster.local/ns/billing/sa/subscriber",
-            "deliver",
-            "orders.x",
-            "--sub",
-            "billing.>",
-        ],
-        "",
-    );
+            &[&subscriber[..], &operation].concat(),
+        )
+    };
+    deliver("billing.admin.x").prints(&[
+        "  frame            MSG billing.admin.x to SUB billing.>",
+        "  decision         DENIED",
+        "  rule             billing subscribers",
+        "  entry            deny billing.admin.>",
+        "  client gets      nothing",
+    ]);
+    let run = deliver("orders.x");
     assert_eq!(run.code, 2);
-    assert!(run.stderr.ends_with("\"orders.x\" does not match the subscription \"billing.>\": nats-server would not deliver it\n"), "{}", run.stderr);
+    assert!(
+        run.stderr.ends_with("\"orders.x\" does not match the subscription \"billing.>\": nats-server would not deliver it\n"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 
 use super::source::{configurations, Found};
 use crate::engine::Gate;
+use crate::policy::one_line;
 
 /// What checking one file found.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -23,14 +24,16 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
     let found = match configurations(text) {
         Ok(found) => found,
         Err(reason) => {
-            checked.errors.push(format!("{name}: error: {reason}"));
+            checked
+                .errors
+                .push(format!("{name}: error: {}", one_line(&reason)));
             return checked;
         }
     };
     for Found { location, json } in found {
         let at = match location.as_str() {
             "" => name.to_owned(),
-            location => format!("{name} ({location})"),
+            location => format!("{name} ({})", one_line(location)),
         };
         let loaded = Gate::load(&json, &|variable| Ok(environment(variable)));
         match loaded {
@@ -66,7 +69,9 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
                     }
                 }
             }
-            Err(reason) => checked.errors.push(format!("{at}: error: {reason}")),
+            Err(reason) => checked
+                .errors
+                .push(format!("{at}: error: {}", one_line(&reason))),
         }
     }
     checked

@@ -4,12 +4,11 @@
 //! client gets. Decisions and explanations are the engine's own ([`crate::policy`]); the bytes
 //! are the protocol module's, as the engine sends them.
 
-use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{
-    AuthOutcome, Authenticator, Identity, IdentityConfig, SpiffeId, VerifiedJwt,
+    unverified_claims, AuthOutcome, Authenticator, Identity, IdentityConfig, SpiffeId, VerifiedJwt,
 };
 use crate::policy::{is_reserved_reply, ConnectionPermissions};
 use crate::policy::{DefaultAction, Mode, Policy, Ruling, SubscribeDecision};
@@ -384,7 +383,10 @@ fn identify(
         Credential::Token {
             token,
             verify: false,
-        } => unverified(config, question, decode_payload(token)?, UNVERIFIED)?,
+        } => match unverified_claims(token) {
+            Ok(claims) => unverified(config, question, claims, UNVERIFIED)?,
+            Err(rejection) => AuthOutcome::Rejected(rejection),
+        },
         Credential::Claims(claims) => unverified(config, question, claims.clone(), GIVEN_CLAIMS)?,
     };
     let identity = match outcome {
@@ -397,7 +399,7 @@ fn identify(
         AuthOutcome::Rejected(rejection) => {
             report.refused = Some(rejection.reason().to_owned());
             if let Credential::Token { token, .. } = &question.credential {
-                if let Ok(claims) = decode_payload(token) {
+                if let Ok(claims) = unverified_claims(token) {
                     report.token = Some(token_report(&unverified_jwt(config, claims), "refused"));
                 }
             }
@@ -460,15 +462,7 @@ fn unverified_jwt(config: &IdentityConfig, claims: Map<String, Value>) -> Verifi
         .iter()
         .flat_map(|jwt| &jwt.providers)
         .find(|provider| provider.issuer == issuer);
-    let audiences = match claims.get("aud") {
-        Some(Value::String(audience)) => vec![audience.clone()],
-        Some(Value::Array(audiences)) => audiences
-            .iter()
-            .filter_map(Value::as_str)
-            .map(str::to_owned)
-            .collect(),
-        _ => Vec::new(),
-    };
+    let audiences = crate::identity::audiences(&claims);
     VerifiedJwt {
         subject: string("sub"),
         issuer,
@@ -493,19 +487,6 @@ fn token_report(jwt: &VerifiedJwt, verification: &'static str) -> TokenReport {
         audiences: jwt.audiences.clone(),
         expires_at: jwt.expires_at,
         claims: jwt.claims.clone(),
-    }
-}
-
-fn decode_payload(token: &str) -> Result<Map<String, Value>, String> {
-    let payload = token
-        .split('.')
-        .nth(1)
-        .ok_or("the token is not a JWT (header.payload.signature)")?;
-    let bytes = Base64UrlSafeNoPadding::decode_to_vec(payload, None)
-        .map_err(|_| "the token's payload is not base64url")?;
-    match serde_json::from_slice(&bytes) {
-        Ok(Value::Object(claims)) => Ok(claims),
-        _ => Err("the token's payload is not a JSON object".to_owned()),
     }
 }
 

@@ -274,15 +274,7 @@ impl Provider {
             Some(Value::String(subject)) if !subject.is_empty() => subject.clone(),
             _ => return Err(Rejection::JwtSubject),
         };
-        let audiences = match claims.get("aud") {
-            Some(Value::String(audience)) => vec![audience.clone()],
-            Some(Value::Array(audiences)) => audiences
-                .iter()
-                .filter_map(Value::as_str)
-                .map(str::to_string)
-                .collect(),
-            _ => Vec::new(),
-        };
+        let audiences = audiences(&claims);
         Ok(JwtVerification::Verified(VerifiedJwt {
             issuer: self.issuer.clone(),
             subject,
@@ -294,6 +286,25 @@ impl Provider {
             claims,
         }))
     }
+}
+
+/// `aud` as a list, whether the token carries one string or an array.
+pub fn audiences(claims: &Map<String, Value>) -> Vec<String> {
+    match claims.get("aud") {
+        Some(Value::String(audience)) => vec![audience.clone()],
+        Some(Value::Array(audiences)) => audiences
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The claims of a token with every check that needs no key passed (structure, `alg: none`,
+/// `typ`), its signature not verified: for `natsguard explain --no-verify`.
+pub fn unverified_claims(token: &str) -> Result<Map<String, Value>, Rejection> {
+    decode_unverified(token).map(|token| token.claims)
 }
 
 fn decode_json_object(part: &str) -> Result<Map<String, Value>, Rejection> {

@@ -30,6 +30,7 @@ pub use jwks::JwksError;
 pub use nkey::{NkeyError, NkeySigner, PublicNkey};
 pub use spiffe::{SpiffeError, SpiffeId};
 
+pub use jwt::{audiences, unverified_claims};
 use jwt::{JwtVerification, JwtVerifier};
 
 /// A JWT whose signature, issuer, audience and validity period were verified.

@@ -31,8 +31,23 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.reason)
+        write!(f, "{}: {}", one_line(&self.path), one_line(&self.reason))
     }
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`): an error or a warning naming
+/// what a configuration contains stays one line, in a log and on a terminal.
+pub(crate) fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 impl std::error::Error for ConfigError {}

@@ -194,6 +194,16 @@ fn denying_entry<'e>(
         })
 }
 
+impl<'e> AllowPart<'e> {
+    fn granted_by(entry: &'e PermissionEntry) -> AllowPart<'e> {
+        AllowPart {
+            allowed: true,
+            entry: Some(entry),
+            reason: entry.to_string(),
+        }
+    }
+}
+
 /// nats-server's canSubscribe allow part, under `mode`: a matching queue entry replaces the plain
 /// allows for queue subscribers.
 fn allow_part<'e>(
@@ -218,11 +228,7 @@ fn allow_part<'e>(
                     .is_some_and(|entry_queue| queue_matches(queue, entry_queue.as_bytes()))
             });
             match granting {
-                Some(entry) => AllowPart {
-                    allowed: true,
-                    entry: Some(entry),
-                    reason: entry.to_string(),
-                },
+                Some(entry) => AllowPart::granted_by(entry),
                 None => AllowPart {
                     allowed: false,
                     entry: restricting.first().copied(),
@@ -241,11 +247,7 @@ fn allow_part<'e>(
         _ => {
             let plain = matched.iter().copied().find(|entry| !entry.is_queue_entry);
             match plain {
-                Some(entry) => AllowPart {
-                    allowed: true,
-                    entry: Some(entry),
-                    reason: entry.to_string(),
-                },
+                Some(entry) => AllowPart::granted_by(entry),
                 None => AllowPart {
                     allowed: false,
                     entry: None,

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use super::compile::{compile_entry, Entry};
+use super::config::one_line;
 use super::config::{
     AllowResponsesConfig, Config, DefaultAction, FromConfig, Mode, RuleConfig,
     SubjectPermissionConfig,
@@ -34,7 +35,7 @@ impl Warning {
 
 impl fmt::Display for Warning {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        write!(f, "{}: {}", one_line(&self.path), one_line(&self.message))
     }
 }
 

@@ -25,6 +25,8 @@ mod trie;
 pub use compile::{
     policy_version, LoadedPolicy, NkeySeed, NoMatchingRule, Policy, RuleMatch, UpstreamCredentials,
 };
+#[cfg(not(target_arch = "wasm32"))] // the command's own messages
+pub(crate) use config::one_line;
 pub use config::{
     AllowResponsesConfig, Config, ConfigError, DefaultAction, FromConfig, LimitsConfig, Mode,
     NkeySeedConfig, PermissionForm, PermissionsConfig, ProvenanceConfig, ReservedHeaderAction,
