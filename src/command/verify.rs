@@ -186,3 +186,96 @@ fn printed_messages(input: &[u8]) -> Result<Vec<Message<'_>>, String> {
     }
     Ok(messages)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::provenance::signed_message;
+    use crate::identity::NkeySigner;
+
+    const SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
+    const SPIFFE: &str = "spiffe://cluster.local/ns/billing/sa/api";
+
+    /// A header block natsguard would write for `payload` on `subject`.
+    fn block(subject: &str, payload: &[u8]) -> String {
+        let signer = NkeySigner::from_seed(SEED).unwrap();
+        let key = signer.public_key();
+        let hash = hmac_sha256::Hash::hash(payload);
+        let message = signed_message(&key, 1_700_000_000_000, subject, Some(SPIFFE), None, &hash);
+        format!(
+            "NATS/1.0\r\nNats-Publisher: {SPIFFE}\r\nNats-Publisher-Sig: v1;key={key};ts=1700000000000;sig={}\r\n\r\n",
+            signer.sign(&message)
+        )
+    }
+
+    fn trusted() -> Vec<PublicNkey> {
+        let key = NkeySigner::from_seed(SEED).unwrap().public_key();
+        vec![PublicNkey::parse(&key).unwrap()]
+    }
+
+    #[test]
+    fn raw_hmsg_frames_verify_and_a_changed_byte_does_not() {
+        let headers = block("orders.x", b"hi");
+        let frame = |payload: &str| {
+            format!(
+                "HMSG orders.x 1 _INBOX.r {} {}\r\n{headers}{payload}\r\n",
+                headers.len(),
+                headers.len() + payload.len()
+            )
+        };
+        let input = format!(
+            "PING\r\n{}MSG other 2 1\r\nx\r\n{}",
+            frame("hi"),
+            frame("ho")
+        );
+        let checked = verify_input(input.as_bytes(), "Nats-Publisher", &trusted()).unwrap();
+        let outcomes: Vec<_> = checked
+            .iter()
+            .map(|c| c.outcome.clone().map(|_| ()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                Ok(()),
+                Err(VerifyError::Unsigned),
+                Err(VerifyError::BadSignature)
+            ]
+        );
+        assert!(checked[0]
+            .line()
+            .starts_with("ok \"orders.x\": published by spiffe://"));
+        let cut = &input[..input.len() - 3];
+        assert!(verify_input(cut.as_bytes(), "Nats-Publisher", &trusted()).is_err());
+    }
+
+    #[test]
+    fn a_nats_cli_printout_verifies_whatever_newlines_end_the_payload() {
+        let mut printout = String::new();
+        for (n, payload) in ["hello", "line\n", ""].iter().enumerate() {
+            let headers = block("orders.x", payload.as_bytes());
+            printout.push_str(&format!("[#{}] Received on \"orders.x\"\n", n + 1));
+            for line in headers
+                .split("\r\n")
+                .skip(1)
+                .filter(|line| !line.is_empty())
+            {
+                printout.push_str(line);
+                printout.push('\n');
+            }
+            let body = if payload.is_empty() {
+                "nil body"
+            } else {
+                payload
+            };
+            let end = if body.ends_with('\n') {
+                "\n\n"
+            } else {
+                "\n\n\n"
+            };
+            printout.push_str(&format!("\n{body}{end}"));
+        }
+        let checked = verify_input(printout.as_bytes(), "Nats-Publisher", &trusted()).unwrap();
+        assert_eq!(checked.len(), 3);
+        assert!(checked.iter().all(|c| c.outcome.is_ok()), "{checked:?}");
+    }
+}

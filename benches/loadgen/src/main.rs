@@ -1,13 +1,16 @@
 //! natsguard's load generator and benchmark driver (`make bench` runs it through scripts/bench.sh).
 //!
-//! In one run it starts, one after the other, the four setups of the benchmark on loopback ports
+//! In one run it starts, one after the other, the seven setups of the benchmark on loopback ports
 //! (with the test harness of tests/support, so the benchmark runs the committed envoy/mesh.yaml):
 //!   1. client → nats-server;
 //!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
 //!   3. as 2 with natsguard and an allow-all policy;
 //!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
 //!   5. as 4 with a shadow policy beside it (the same 1,000 rules with one more deny entry each
-//!      for the benchmark client's rules): every decision made twice, what a rollout costs.
+//!      for the benchmark client's rules): every decision made twice, what a rollout costs;
+//!   6. as 3 with provenance on every benchmark subject: each message stamped with the
+//!      publisher's SPIFFE ID (a PUB becomes an HPUB);
+//!   7. as 6, signed (Ed25519 over the subject, identity, time and payload SHA-256).
 //!
 //! It measures publish throughput with a counting subscriber, Envoy's CPU time per message (from
 //! /proc/<pid>/stat), request/reply latency at a fixed rate, the CONNECT rate and Envoy's memory
@@ -19,7 +22,7 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4,5] [--only throughput,latency,connect,memory,nats-bench,live-policy]
+//!            [--setups 1,2,3,4,5,6,7] [--only throughput,latency,connect,memory,nats-bench,live-policy]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
 //! options are described in [`USAGE`] (`--help`).
@@ -49,8 +52,9 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --seconds N           how long each throughput run publishes (default 1.5)
   --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536;
                         nats bench runs those of 128 and 1024 in the list)
-  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5: 1 direct, 2 Envoy tcp_proxy,
-                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow)
+  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5,6,7: 1 direct, 2 Envoy tcp_proxy,
+                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow,
+                        6 as 3 + provenance stamping, 7 as 6 + signature)
   --only LIST           measurements, e.g. throughput,latency (default all:
                         throughput,latency,connect,memory,nats-bench,live-policy)
   --help                this text";
@@ -58,7 +62,7 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
 /// The largest payload nats-server accepts by default (`max_payload`).
 const MAX_PAYLOAD: usize = 1 << 20;
-const SETUPS: [usize; 5] = [1, 2, 3, 4, 5];
+const SETUPS: [usize; 7] = [1, 2, 3, 4, 5, 6, 7];
 const PUBLISHERS: [usize; 2] = [1, 16];
 /// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
 /// cutting the subscriber off as a slow consumer, without limiting the rate.
@@ -139,7 +143,10 @@ async fn connect(port: u16, token: Option<&str>) -> Result<TcpStream> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     read_until(&mut stream, b"\r\n").await?;
     let auth = token.map_or(String::new(), |t| format!(",\"auth_token\":\"{t}\""));
-    let connect = format!("CONNECT {{\"verbose\":false,\"pedantic\":false{auth}}}\r\nPING\r\n");
+    // Headers on, as every client library sets them (rows 6 and 7 forward HPUBs).
+    let connect = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true{auth}}}\r\nPING\r\n"
+    );
     stream
         .write_all(connect.as_bytes())
         .await
@@ -210,6 +217,9 @@ struct Setup {
     token: Option<String>,
     /// Whether natsguard is in the path (checked against Envoy's stats after the run).
     filtered: bool,
+    /// Whether the policy update to enforcement is measured (row 3: its policy versions are the
+    /// probe's).
+    probes_live_policy: bool,
     running: Running,
 }
 
@@ -243,6 +253,19 @@ fn allow_all_policy() -> String {
         "rules": [{ "name": "everyone", "from": { "principals": ["*"] } }]
     })
     .to_string()
+}
+
+/// A user nkey seed (nats-server's server/auth_callout_test.go) that signs row 7's stamps.
+const PROVENANCE_SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
+
+/// Rows 6 and 7: row 3's policy, every benchmark subject stamped (and signed).
+fn provenance_policy(signed: bool) -> String {
+    let mut config: Value = serde_json::from_str(&allow_all_policy()).expect("row 3's policy");
+    config["provenance"] = json!({ "subjects": ["bench.>"] });
+    if signed {
+        config["provenance"]["sign"] = json!({ "seed": PROVENANCE_SEED });
+    }
+    config.to_string()
 }
 
 /// 1,000 rules in the shape of a multi-team deployment: per-team SPIFFE and claim rules with
@@ -1010,22 +1033,20 @@ async fn measure(setup: &Setup, options: &Options, jwt_tokens: &[String]) -> Res
             }
         }
     }
-    // The allow-all setup only: its policy versions are the probe's.
-    let live_policy =
-        if options.measures(Measurement::LivePolicy) && setup.filtered && setup.token.is_none() {
-            let live = live_policy(setup).await?;
-            if let Some(live) = &live {
-                for (kind, p) in [("new", &live.new), ("reinstated", &live.reinstated)] {
-                    eprintln!(
+    let live_policy = if options.measures(Measurement::LivePolicy) && setup.probes_live_policy {
+        let live = live_policy(setup).await?;
+        if let Some(live) = &live {
+            for (kind, p) in [("new", &live.new), ("reinstated", &live.reinstated)] {
+                eprintln!(
                     "loadgen:   policy update ({kind}) to enforcement p50 {:?} p99 {:?} max {:?}",
                     p.p50, p.p99, p.max
                 );
-                }
             }
-            live
-        } else {
-            None
-        };
+        }
+        live
+    } else {
+        None
+    };
     check_path(setup)?;
     Ok(Results {
         throughput: results,
@@ -1211,10 +1232,11 @@ fn run() -> Result<()> {
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
 
-    let setups: [StartSetup; 5] = [
+    let setups: [StartSetup; 7] = [
         |_, _| Setup {
             name: "1. client → nats-server",
             filtered: false,
+            probes_live_policy: false,
             prefix: "bench".into(),
             token: None,
             running: Running::Direct(NatsServer::start(None)),
@@ -1222,6 +1244,7 @@ fn run() -> Result<()> {
         |_, _| Setup {
             name: "2. Envoy mTLS + tcp_proxy",
             filtered: false,
+            probes_live_policy: false,
             prefix: "bench".into(),
             token: None,
             running: Running::Mesh(Mesh::start_without_filter(NatsServer::start(None))),
@@ -1229,6 +1252,7 @@ fn run() -> Result<()> {
         |_, _| Setup {
             name: "3. + natsguard, allow-all",
             filtered: true,
+            probes_live_policy: true,
             prefix: "bench".into(),
             token: None,
             running: Running::Mesh(Mesh::start(&allow_all_policy())),
@@ -1236,6 +1260,7 @@ fn run() -> Result<()> {
         |jwks, token| Setup {
             name: "4. + natsguard, 1,000 rules, JWT",
             filtered: true,
+            probes_live_policy: false,
             prefix: format!("tenants.{TENANT}.bench"),
             token: Some(token.to_string()),
             running: Running::Mesh(Mesh::start(&realistic_policy(jwks))),
@@ -1243,9 +1268,26 @@ fn run() -> Result<()> {
         |jwks, token| Setup {
             name: "5. as 4 + shadow policy",
             filtered: true,
+            probes_live_policy: false,
             prefix: format!("tenants.{TENANT}.bench"),
             token: Some(token.to_string()),
             running: Running::Mesh(Mesh::start(&realistic_policy_with_shadow(jwks))),
+        },
+        |_, _| Setup {
+            name: "6. as 3 + provenance",
+            filtered: true,
+            probes_live_policy: false,
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&provenance_policy(false))),
+        },
+        |_, _| Setup {
+            name: "7. as 6, signed",
+            filtered: true,
+            probes_live_policy: false,
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&provenance_policy(true))),
         },
     ];
     // Indexed by setup (row 1 at 0); `None` for a setup this run skipped (`--setups`).
@@ -1281,15 +1323,21 @@ fn run() -> Result<()> {
     Ok(())
 }
 
-/// Row 5 against row 4: the same policy and traffic, with and without a shadow reading it.
-fn shadow_cost(w: &mut String, without: Option<&Results>, with: Option<&Results>) {
+/// A row against the one it adds to (row 5, the shadow, against row 4; rows 6 and 7,
+/// provenance, against row 3): the same traffic, with and without what the row adds. `names`:
+/// the two rows' column titles.
+fn added_cost(w: &mut String, names: [&str; 2], without: Option<&Results>, with: Option<&Results>) {
+    let [base, added] = names;
     let (Some(without), Some(with)) = (without, with) else {
-        let _ = writeln!(w, "Not measured in this run (rows 4 and 5 both needed).");
+        let _ = writeln!(
+            w,
+            "Not measured in this run ({base} and {added} both needed)."
+        );
         return;
     };
     let _ = writeln!(
         w,
-        "| Figure | row 4 | row 5 (shadow) | row 5 / row 4 |\n|---|---:|---:|---:|"
+        "| Figure | {base} | {added} | ratio |\n|---|---:|---:|---:|"
     );
     for t4 in &without.throughput {
         let Some(t5) = with
@@ -1463,7 +1511,7 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
-    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3, 4 and 5 only.");
+    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree); 6. as 3 with `provenance` on every benchmark subject (each message stamped with the publisher's SPIFFE ID: its PUB forwarded as an HPUB); 7. as 6 with `provenance.sign` (each message also signed). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 to 7 only.");
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = utime+stime of the Envoy process (/proc/<pid>/stat) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
@@ -1781,7 +1829,15 @@ fn report(rows: &[Option<Row>], took: Duration, options: &Options) -> String {
     }
 
     let _ = writeln!(w, "\n## What a shadow policy costs (row 5 against row 4)\n");
-    shadow_cost(w, row(3), row(4));
+    added_cost(w, ["row 4", "row 5 (shadow)"], row(3), row(4));
+
+    let _ = writeln!(
+        w,
+        "\n## What provenance costs (rows 6 and 7 against row 3)\n\nEvery message stamped (row 6), and signed (row 7); ratios against row 3 in the same run.\n"
+    );
+    added_cost(w, ["row 3", "row 6 (stamped)"], row(2), row(5));
+    let _ = writeln!(w);
+    added_cost(w, ["row 3", "row 7 (signed)"], row(2), row(6));
 
     let _ = writeln!(
         w,
