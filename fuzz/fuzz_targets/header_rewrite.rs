@@ -66,12 +66,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let gate = GATE.with(Rc::clone);
     let subject = if control & 1 == 1 { "stamped" } else { "other" };
-    let mut frame = format!(
-        "HPUB {subject} {} {}\r\n",
-        block.len(),
-        block.len() + 5
-    )
-    .into_bytes();
+    let mut frame = format!("HPUB {subject} {} {}\r\n", block.len(), block.len() + 5).into_bytes();
     frame.extend_from_slice(block);
     frame.extend_from_slice(b"hello\r\nPING\r\n");
     let whole = send(&gate, &frame, frame.len());
@@ -93,7 +88,11 @@ fuzz_target!(|data: &[u8]| {
     let rest = if subject == "stamped" {
         let version_end = forwarded.iter().position(|&b| b == b'\n').expect("version") + 1;
         assert_eq!(&forwarded[version_end..version_end + STAMP.len()], STAMP);
-        [&forwarded[..version_end], &forwarded[version_end + STAMP.len()..]].concat()
+        [
+            &forwarded[..version_end],
+            &forwarded[version_end + STAMP.len()..],
+        ]
+        .concat()
     } else {
         forwarded.to_vec()
     };
