@@ -2,7 +2,10 @@
 //! server) and MSG frames (server → client) through an established [`Connection`], with the
 //! allow-all policy of `make bench` row 3 and a restricted policy with a deny entry and
 //! allow_responses (row 4's shape; the decision cache answers), and the restricted policy read a
-//! second time: beside a shadow that agrees on every frame (row 5's shape), and as a dry run.
+//! second time: beside a shadow that agrees on every frame (row 5's shape), and as a dry run;
+//! and the allow-all policy with provenance (`provenance` rows 6 and 7 of `make bench`): on
+//! other subjects than the stream's (the zero-copy path), stamping every frame, and stamping and
+//! signing every frame.
 //! The budget per frame is what the filter may add to Envoy's CPU per message (see
 //! BENCHMARKS.md).
 //!
@@ -14,7 +17,6 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use natsguard::engine::{Connection, Forward, Gate};
-use natsguard::policy;
 use serde_json::json;
 
 const NOW: Duration = Duration::from_secs(1_800_000_000);
@@ -27,7 +29,8 @@ fn gate(rules: serde_json::Value) -> Rc<Gate> {
     gate_with(rules, json!({}))
 }
 
-/// A gate of `rules` with the top-level keys of `extra` (`mode`, `shadow`).
+/// A gate of `rules` with the top-level keys of `extra` (`mode`, `shadow`, `provenance`), loaded
+/// as the filter loads it (the `provenance.sign` key included).
 fn gate_with(rules: serde_json::Value, extra: serde_json::Value) -> Rc<Gate> {
     let mut config = json!({
         "identity": { "spiffe": { "required": true, "trust_domains": ["cluster.local"] } },
@@ -37,12 +40,40 @@ fn gate_with(rules: serde_json::Value, extra: serde_json::Value) -> Rc<Gate> {
     for (key, value) in extra.as_object().expect("an object") {
         config[key] = value.clone();
     }
-    let loaded = policy::load(&config.to_string()).expect("valid benchmark policy");
-    Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
+    let (gate, _) = Gate::load(&config.to_string(), &|_| Ok(None)).expect("valid benchmark policy");
+    Rc::new(gate)
+}
+
+fn everyone() -> serde_json::Value {
+    json!([{ "name": "everyone", "from": { "principals": ["*"] } }])
 }
 
 fn allow_all() -> Rc<Gate> {
-    gate(json!([{ "name": "everyone", "from": { "principals": ["*"] } }]))
+    gate(everyone())
+}
+
+/// A user nkey seed (nats-server's server/auth_callout_test.go).
+const SIGNING_SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
+
+fn provenance_elsewhere() -> Rc<Gate> {
+    gate_with(
+        everyone(),
+        json!({ "provenance": { "subjects": ["audit.>"] } }),
+    )
+}
+
+fn provenance_stamped() -> Rc<Gate> {
+    gate_with(
+        everyone(),
+        json!({ "provenance": { "subjects": ["bench.>"] } }),
+    )
+}
+
+fn provenance_signed() -> Rc<Gate> {
+    gate_with(
+        everyone(),
+        json!({ "provenance": { "subjects": ["bench.>"], "sign": { "seed": SIGNING_SEED } } }),
+    )
 }
 
 fn restricted_rules(extra_deny: &str) -> serde_json::Value {
@@ -114,11 +145,14 @@ fn chunks(line: &str, payload_size: usize) -> (Vec<Vec<u8>>, u64) {
 type PolicyFn = fn() -> Rc<Gate>;
 
 fn per_frame(c: &mut Criterion) {
-    let policies: [(&str, PolicyFn); 4] = [
+    let policies: [(&str, PolicyFn); 7] = [
         ("allow-all", allow_all),
         ("restricted", restricted),
         ("restricted+shadow", restricted_with_shadow),
         ("restricted dry run", restricted_dry_run),
+        ("allow-all+provenance elsewhere", provenance_elsewhere),
+        ("allow-all+provenance", provenance_stamped),
+        ("allow-all+provenance signed", provenance_signed),
     ];
     for (direction, line) in [
         ("client PUB", "PUB bench.orders {}\r\n"),

@@ -7,7 +7,7 @@
 # If sanitizer builds fail on this machine, set SANITIZER=none.
 # Install cargo-fuzz once with: cargo install cargo-fuzz
 set -eu
-target=${1:?usage: fuzz/run.sh <client_stream|server_stream|import_conf|check_config> <seconds>}
+target=${1:?usage: fuzz/run.sh <client_stream|server_stream|import_conf|check_config|header_rewrite> <seconds>}
 seconds=${2:-60}
 cd "$(dirname "$0")/.."
 mkdir -p "fuzz/corpus/$target" fuzz/artifacts

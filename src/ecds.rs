@@ -27,7 +27,7 @@ pub struct FilterSettings {
     pub wasm_path: String,
     /// `FAIL_RELOAD`, `FAIL_CLOSED` or `FAIL_OPEN` (never for an authorization filter).
     pub failure_policy: String,
-    /// Environment variables of Envoy's process the VM may read (`trusted_proxy.seed_env`).
+    /// Environment variables of Envoy's process the VM may read (the `seed_env`s).
     pub host_env_keys: Vec<String>,
 }
 

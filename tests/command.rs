@@ -214,6 +214,30 @@ fn check_reports_each_error_on_one_line_with_its_json_path() {
             "-: error: trusted_proxy.seed: invalid nkey seed: nkey_not_base32",
         ),
         (
+            format!(r#"{{ {SPIFFE}, "provenance": {{ "subjects": ["orders.>", "a..b"] }} }}"#),
+            "-: error: provenance.subjects[1]: \"a..b\" is not a valid subject",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "provenance": {{ "header": "Nats Publisher" }} }}"#),
+            "-: error: provenance.header: \"Nats Publisher\" is not a header name (1 to 128 letters, digits or !#$%&'*+-.^_`|~)",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "provenance": {{ "subject": ["a"] }} }}"#),
+            "-: error: provenance.subject: unknown field `subject`, expected one of `subjects`, `header`, `sign` at line 1 column 93",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "provenance": {{ "sign": {{ "seed": "SUXX" }} }} }}"#),
+            "-: error: provenance.sign.seed: invalid nkey seed: nkey_not_base32",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "reserved_headers": ["Nats-Request-Info", "bad\nname"] }}"#),
+            "-: error: reserved_headers[1]: \"bad\\nname\" is not a header name (1 to 128 letters, digits or !#$%&'*+-.^_`|~)",
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "reserved_headers": "Nats-Request-Info" }}"#),
+            "-: error: reserved_headers: invalid type: string \"Nats-Request-Info\", expected a sequence at line 1 column 107",
+        ),
+        (
             format!(r#"{{ {SPIFFE}, "rules": [{{ "name": "a", "from": {{ "claims": {{ "groups": ["a*b"] }} }} }}] }}"#),
             "-: error: rules[0].from.claims.groups[0]: \"a*b\": '*' is only allowed alone, at the start or at the end",
         ),
@@ -310,6 +334,14 @@ fn check_lints_with_the_warnings_the_filter_logs() {
             format!(r#"{{ {SPIFFE}, "rules": [{{ "name": "r", "permissions": {{ "publish": ["a"], "subscribe": ["a"] }} }}],
                 "shadow": {{ "rules": [{{ "name": "r2", "permissions": {{ "publish": ["a", "a"], "subscribe": ["a"] }} }}] }} }}"#),
             vec![r#"shadow.rules[0].permissions.publish[1]: duplicate: "a" is listed before in the same list"#],
+        ),
+        (
+            format!(r#"{{ {SPIFFE}, "default_action": "allow", "reserved_headers": ["X-Tenant"], "provenance": {{ "subjects": [] }} }}"#),
+            vec![
+                "default_action: allow: connections matching no rule are unrestricted",
+                "reserved_headers: Nats-Request-Info is not listed: a client can forge nats-server's identity header, and services behind the mesh read it as who asked",
+                "provenance.subjects: empty: no message is stamped (only the reserved headers are removed)",
+            ],
         ),
     ];
     for (config, expected) in cases {
@@ -681,6 +713,12 @@ fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
         "shadow",
         "upstream",
         "trusted_proxy",
+        "provenance",
+        "subjects",
+        "header",
+        "sign",
+        "reserved_headers",
+        "reserved_header_action",
         "seed",
         "seed_env",
         "limits",
@@ -713,6 +751,8 @@ fn config_like() -> impl proptest::strategy::Strategy<Value = Value> {
         "enforce",
         "decision",
         "rule",
+        "Nats-Request-Info",
+        "refuse",
         "ES256",
         "1s",
         "a..b",

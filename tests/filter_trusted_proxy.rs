@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use natsguard::identity::ProxySigner;
+use natsguard::identity::NkeySigner;
 use serde_json::json;
 use support::{contains, Mesh, NatsServer, RawClient};
 
@@ -22,7 +22,7 @@ fn connect_and_ping(port: u16, connect: &str) -> String {
 
 #[test]
 fn proxy_required_users_are_accepted_through_natsguard_and_refused_directly() {
-    let public_key = ProxySigner::from_seed(PROXY_SEED)
+    let public_key = NkeySigner::from_seed(PROXY_SEED)
         .expect("seed")
         .public_key();
     let nats = NatsServer::start(Some(&format!(

@@ -5,7 +5,7 @@ mod support;
 
 use ed25519_compact::{PublicKey, Signature};
 use jwt_simple::reexports::ct_codecs::{Base32NoPadding, Base64UrlSafeNoPadding, Decoder, Encoder};
-use natsguard::identity::{NkeyError, ProxySigner};
+use natsguard::identity::{NkeyError, NkeySigner};
 
 /// Seed/public pairs from nats-server's tests (server/auth_callout_test.go).
 const VECTORS: [(&str, &str); 2] = [
@@ -29,11 +29,11 @@ fn raw_public_key(public_nkey: &str) -> PublicKey {
 #[test]
 fn known_seeds_give_known_public_keys() {
     for (seed, public) in VECTORS {
-        let signer = ProxySigner::from_seed(seed).unwrap();
+        let signer = NkeySigner::from_seed(seed).unwrap();
         assert_eq!(signer.public_key(), public);
         // A trailing newline, as in a mounted secret, is ignored.
         assert_eq!(
-            ProxySigner::from_seed(&format!("{seed}\n"))
+            NkeySigner::from_seed(&format!("{seed}\n"))
                 .unwrap()
                 .public_key(),
             public
@@ -44,7 +44,7 @@ fn known_seeds_give_known_public_keys() {
 #[test]
 fn nonce_signature_verifies_with_the_public_key() {
     let (seed, public) = VECTORS[0];
-    let signer = ProxySigner::from_seed(seed).unwrap();
+    let signer = NkeySigner::from_seed(seed).unwrap();
     let nonce = "iHzFwOFnG2ok4ns";
     let proxy_sig = signer.sign_nonce(nonce);
     assert!(
@@ -64,7 +64,7 @@ fn nonce_signature_verifies_with_the_public_key() {
 #[test]
 fn debug_output_never_shows_the_seed() {
     let (seed, public) = VECTORS[0];
-    let debug = format!("{:?}", ProxySigner::from_seed(seed).unwrap());
+    let debug = format!("{:?}", NkeySigner::from_seed(seed).unwrap());
     assert!(debug.contains(public));
     assert!(!debug.contains(&seed[2..20]));
 }
@@ -103,7 +103,7 @@ fn every_signing_key_type_round_trips() {
             raw[1] = (key_type & 31) << 3;
         });
         assert_eq!(typed.as_bytes()[1] as char, letter);
-        let signer = ProxySigner::from_seed(&typed).unwrap();
+        let signer = NkeySigner::from_seed(&typed).unwrap();
         let public = signer.public_key();
         assert!(public.starts_with(letter), "{public}");
         // Same ed25519 key whatever the type.
@@ -115,31 +115,31 @@ fn every_signing_key_type_round_trips() {
 fn invalid_seeds_are_refused() {
     let (seed, public) = VECTORS[0];
     assert_eq!(
-        ProxySigner::from_seed("not base32!").unwrap_err(),
+        NkeySigner::from_seed("not base32!").unwrap_err(),
         NkeyError::NotBase32
     );
     assert_eq!(
-        ProxySigner::from_seed(&seed[..40]).unwrap_err().reason(),
+        NkeySigner::from_seed(&seed[..40]).unwrap_err().reason(),
         "nkey_wrong_length"
     );
     assert_eq!(
-        ProxySigner::from_seed("").unwrap_err(),
+        NkeySigner::from_seed("").unwrap_err(),
         NkeyError::WrongLength
     );
     // A public key is not a seed (and is shorter).
     assert_eq!(
-        ProxySigner::from_seed(public).unwrap_err(),
+        NkeySigner::from_seed(public).unwrap_err(),
         NkeyError::WrongLength
     );
     let mut flipped = seed.as_bytes().to_vec();
     flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
     assert_eq!(
-        ProxySigner::from_seed(std::str::from_utf8(&flipped).unwrap()).unwrap_err(),
+        NkeySigner::from_seed(std::str::from_utf8(&flipped).unwrap()).unwrap_err(),
         NkeyError::BadChecksum
     );
     let private_marker = reencode(seed, |raw| raw[0] = (15 << 3) | (raw[0] & 7));
     assert_eq!(
-        ProxySigner::from_seed(&private_marker).unwrap_err(),
+        NkeySigner::from_seed(&private_marker).unwrap_err(),
         NkeyError::NotASeed
     );
     let curve = reencode(seed, |raw| {
@@ -148,7 +148,7 @@ fn invalid_seeds_are_refused() {
     });
     assert!(curve.starts_with("SX"));
     assert_eq!(
-        ProxySigner::from_seed(&curve).unwrap_err(),
+        NkeySigner::from_seed(&curve).unwrap_err(),
         NkeyError::UnsupportedKeyType
     );
 }
@@ -195,8 +195,8 @@ fn nats_server_accepts_proxy_sig_from_a_trusted_server_key() {
         raw[1] = ((13u8 << 3) & 31) << 3;
     });
     assert!(server_seed.starts_with("SN"));
-    let signer = ProxySigner::from_seed(&server_seed).unwrap();
-    let untrusted = ProxySigner::from_seed(VECTORS[1].0).unwrap();
+    let signer = NkeySigner::from_seed(&server_seed).unwrap();
+    let untrusted = NkeySigner::from_seed(VECTORS[1].0).unwrap();
     let server = nats_server::start(&format!(
         "proxies {{ trusted: [ {{ key: \"{}\" }} ] }}\n\
          authorization {{ users: [ {{ user: app, password: pw, proxy_required: true }} ] }}\n",

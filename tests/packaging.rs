@@ -1292,7 +1292,7 @@ fn standalone_config_serves_tls_first_clients_through_natsguard() {
     let certs = support::cert_dir();
     support::wasm_module();
     let embedded = embedded_natsguard_config(&yaml_documents(STANDALONE_CONFIGS[0]).pop().unwrap());
-    let proxy_key = natsguard::identity::ProxySigner::from_seed(TEST_PROXY_SEED)
+    let proxy_key = natsguard::identity::NkeySigner::from_seed(TEST_PROXY_SEED)
         .unwrap()
         .public_key();
     let nats = support::NatsServer::start(Some(&format!(

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use natsguard::identity::{Identity, SpiffeId, VerifiedJwt};
 use natsguard::policy::{
-    self, is_reserved_reply, ConnectionPermissions, DefaultAction, SubscribeDecision,
-    TrustedProxySeed, UpstreamCredentials, MAX_TRACKED_REPLIES,
+    self, is_reserved_reply, ConnectionPermissions, DefaultAction, NkeySeed, SubscribeDecision,
+    UpstreamCredentials, MAX_TRACKED_REPLIES,
 };
 use serde_json::{json, Value};
 
@@ -743,7 +743,7 @@ fn filter_level_keys() {
     assert!(!format!("{policy:?}").contains(TEST_SEED));
     assert_eq!(
         policy.trusted_proxy(),
-        Some(&TrustedProxySeed::Seed(TEST_SEED.into()))
+        Some(&NkeySeed::Seed(TEST_SEED.into()))
     );
     assert_eq!(policy.limits().max_connect_line, 8192);
     assert_eq!(policy.limits().decision_cache_entries, 1024);
@@ -760,7 +760,7 @@ fn filter_level_keys() {
     );
     assert_eq!(
         policy.trusted_proxy(),
-        Some(&TrustedProxySeed::Env("NATSGUARD_PROXY_SEED".into()))
+        Some(&NkeySeed::Env("NATSGUARD_PROXY_SEED".into()))
     );
     assert!(policy.strip_connect_urls());
 }

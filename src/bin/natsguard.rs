@@ -10,7 +10,6 @@ use natsguard::command::explain::{self, Credential, Operation, Question};
 use natsguard::command::{check, source};
 use natsguard::ecds::{self, FilterSettings};
 use natsguard::engine::Gate;
-use natsguard::policy;
 
 /// Where a configuration can come from, for every command's help.
 macro_rules! sources {
@@ -88,7 +87,8 @@ enum Command {
         #[arg(long, default_value = "FAIL_RELOAD", value_parser = ["FAIL_RELOAD", "FAIL_CLOSED"])]
         failure_policy: String,
         /// An environment variable of Envoy's process the VM may read (repeatable); the
-        /// configuration's `trusted_proxy.seed_env` is added by itself.
+        /// configuration's `seed_env`s (`trusted_proxy`, `provenance.sign`) are added by
+        /// themselves.
         #[arg(long = "host-env")]
         host_env: Vec<String>,
     },
@@ -104,6 +104,22 @@ enum Command {
         /// (repeatable; a user given several principals gets one rule for all of them).
         #[arg(long = "user", value_name = "NAME=PRINCIPAL", required = true)]
         users: Vec<String>,
+    },
+    /// Check the provenance signatures (`Nats-Publisher-Sig`) of messages: exit 0 when every
+    /// message verifies with one of the keys, 1 when one does not, 2 when the input is unreadable.
+    #[command(
+        after_help = "INPUT is what `nats sub` prints (`[#1] Received on \"subject\"`, headers, payload), or raw\nprotocol bytes as a subscriber reads them from nats-server (`HMSG subject sid [reply] #hdr #total`);\n`-` (default) reads standard input. The signature format is in docs/provenance.md.\n\nExamples:\n  nats sub 'orders.>' --count 1 | natsguard verify --key NABC...\n  natsguard verify --key \"$(cat natsguard-provenance.pub)\" captured-hmsg.bin"
+    )]
+    Verify {
+        /// A public nkey whose signatures count: the natsguard deployment's `provenance.sign`
+        /// key (repeatable).
+        #[arg(long = "key", value_name = "PUBLIC_NKEY", required = true)]
+        keys: Vec<String>,
+        /// `provenance.header` of the deployment (the signature is `<header>-Sig`).
+        #[arg(long, default_value = natsguard::policy::DEFAULT_PROVENANCE_HEADER)]
+        header: String,
+        #[arg(value_name = "INPUT", default_value = "-")]
+        input: PathBuf,
     },
 }
 
@@ -339,9 +355,9 @@ fn write_ecds(policy_file: &Path, out: &Path, mut settings: FilterSettings) -> R
     let (gate, _) = Gate::load(&json, &|variable| Ok(std::env::var(variable).ok()))
         .map_err(|reason| Failure(format!("{}: {reason}", policy_file.display())))?;
     let policy = &gate.policy;
-    if let Some(policy::TrustedProxySeed::Env(name)) = policy.trusted_proxy() {
-        if !settings.host_env_keys.contains(name) {
-            settings.host_env_keys.push(name.clone());
+    for (_, name) in policy.seed_envs() {
+        if !settings.host_env_keys.iter().any(|known| known == name) {
+            settings.host_env_keys.push(name.to_owned());
         }
     }
     let version = policy.version();
@@ -358,6 +374,33 @@ fn write_ecds(policy_file: &Path, out: &Path, mut settings: FilterSettings) -> R
         policy.rule_names().count()
     );
     Ok(())
+}
+
+fn verify(keys: &[String], header: &str, input: &Path) -> Result<ExitCode, Failure> {
+    let trusted = keys
+        .iter()
+        .map(|key| {
+            natsguard::identity::PublicNkey::parse(key)
+                .map_err(|error| Failure(format!("--key {key}: {error}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let bytes = if input == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut bytes).map(|_| bytes)
+    } else {
+        std::fs::read(input)
+    }
+    .map_err(|error| Failure(format!("{}: {error}", input.display())))?;
+    let checked = natsguard::command::verify::verify_input(&bytes, header, &trusted)
+        .map_err(|reason| Failure(format!("{}: {reason}", input.display())))?;
+    for message in &checked {
+        println!("{}", message.line());
+    }
+    Ok(if checked.iter().all(|message| message.outcome.is_ok()) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn main() -> ExitCode {
@@ -410,6 +453,11 @@ fn main() -> ExitCode {
         )
         .map(|()| ExitCode::SUCCESS)
         .map_err(Failure),
+        Command::Verify {
+            keys,
+            header,
+            input,
+        } => verify(&keys, &header, &input),
     };
     match outcome {
         Ok(code) => code,

@@ -16,9 +16,9 @@ pub struct Checked {
     pub warnings: usize,
 }
 
-/// Checks the configurations in `text`, read from `name`. `environment` reads a variable
-/// `trusted_proxy.seed_env` names; unset, the seed is left unchecked (Envoy's process has its
-/// own environment) and a note says so.
+/// Checks the configurations in `text`, read from `name`. `environment` reads a variable a
+/// `seed_env` names (`trusted_proxy`, `provenance.sign`); unset, the seed is left unchecked
+/// (Envoy's process has its own environment) and a note says so.
 pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String>) -> Checked {
     let mut checked = Checked::default();
     let found = match configurations(text) {
@@ -35,14 +35,7 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
             "" => name.to_owned(),
             location => format!("{name} ({})", one_line(location)),
         };
-        let unchecked_seed = std::cell::RefCell::new(None);
-        let loaded = Gate::load(&json, &|variable| {
-            let value = environment(variable);
-            if value.is_none() {
-                *unchecked_seed.borrow_mut() = Some(variable.to_owned());
-            }
-            Ok(value)
-        });
+        let loaded = Gate::load(&json, &|variable| Ok(environment(variable)));
         match loaded {
             Ok((gate, warnings)) => {
                 let policy = &gate.policy;
@@ -68,10 +61,12 @@ pub fn check(name: &str, text: &str, environment: &dyn Fn(&str) -> Option<String
                     checked.lines.push(format!("{at}: warning: {warning}"));
                 }
                 checked.warnings += warnings.len();
-                if let Some(variable) = unchecked_seed.into_inner() {
-                    checked.lines.push(format!(
-                        "{at}: note: trusted_proxy.seed_env: {variable} is not set here; the filter reads it from Envoy's environment at load (an unset or invalid seed rejects the configuration there)"
-                    ));
+                for (path, variable) in policy.seed_envs() {
+                    if environment(variable).is_none() {
+                        checked.lines.push(format!(
+                            "{at}: note: {path}: {variable} is not set here; the filter reads it from Envoy's environment at load (an unset or invalid seed rejects the configuration there)"
+                        ));
+                    }
                 }
             }
             Err(reason) => checked

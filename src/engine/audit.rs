@@ -3,7 +3,7 @@
 use serde_json::{json, Map, Value};
 
 use crate::identity::Identity;
-use crate::policy::{Mode, Ruling};
+use crate::policy::{Mode, Provenance, Ruling};
 
 use super::observe::{Context, DecisionKind};
 use super::Counters;
@@ -19,6 +19,8 @@ pub enum EventKind {
     Refused,
     /// A frame was denied (PUB, SUB).
     Deny,
+    /// Reserved headers were removed from a client's publish.
+    ReservedHeadersRemoved,
     /// The client (or server) broke the protocol; the connection closes.
     ProtocolError,
     /// The connection's token expired; the connection closes.
@@ -53,6 +55,7 @@ impl AuditEvent {
             EventKind::ConnectionStart => "connection_start",
             EventKind::AuthFailure | EventKind::Refused => "auth_failure",
             EventKind::Deny => "deny",
+            EventKind::ReservedHeadersRemoved => "reserved_headers_removed",
             EventKind::ProtocolError => "protocol_error",
             EventKind::Expired => "expired",
             EventKind::SubscriptionRevoked => "subscription_revoked",
@@ -81,12 +84,43 @@ impl AuditEvent {
         policy_version: &str,
         mode: Mode,
         shadow: bool,
+        provenance: Option<&Provenance>,
     ) -> AuditEvent {
         let mut fields = identity_fields(Some(identity), rules);
         fields.insert("policy_version".into(), policy_version.into());
         fields.insert("mode".into(), mode_name(mode).into());
         fields.insert("shadow".into(), shadow.into());
+        fields.insert("provenance".into(), provenance_fields(provenance, mode));
         AuditEvent::new(EventKind::ConnectionStart, "", fields)
+    }
+
+    /// Reserved headers (as the client spelled them) removed from a publish to `subject`.
+    pub(crate) fn reserved_headers_removed(
+        subject: &str,
+        headers: &[String],
+        identity: &Identity,
+    ) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("op".into(), "PUB".into());
+        fields.insert("subject".into(), subject.into());
+        fields.insert("headers".into(), headers.into());
+        fields.append(&mut identity_fields(Some(identity), &[]));
+        AuditEvent::new(EventKind::ReservedHeadersRemoved, "reserved_header", fields)
+    }
+
+    /// A publish the permissions allow that provenance refuses: a reserved header under
+    /// `reserved_header_action: refuse`, a header block natsguard cannot read with certainty,
+    /// a stamped subject the connection cannot carry headers on.
+    pub(crate) fn publish_refused(
+        subject: &str,
+        reason: &'static str,
+        identity: &Identity,
+    ) -> AuditEvent {
+        let mut fields = Map::new();
+        fields.insert("op".into(), "PUB".into());
+        fields.insert("subject".into(), subject.into());
+        fields.append(&mut identity_fields(Some(identity), &[]));
+        AuditEvent::new(EventKind::Deny, reason, fields)
     }
 
     /// The second reading decided otherwise: both decisions and what decided each.
@@ -275,6 +309,8 @@ impl AuditEvent {
                 "subscriptions_revoked": totals.subscriptions_revoked,
                 "shadow_would_deny": difference_counts(&totals.shadow_would_deny),
                 "shadow_would_allow": difference_counts(&totals.shadow_would_allow),
+                "provenance_stamped": totals.provenance_stamped,
+                "reserved_headers_removed": totals.reserved_headers_removed,
             }),
         );
         AuditEvent::new(EventKind::ConnectionEnd, "", fields)
@@ -303,6 +339,19 @@ fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Enforce => "enforce",
         Mode::DryRun => "dry_run",
+    }
+}
+
+/// What the connection-start line says of provenance: off (`null`), or the subjects stamped,
+/// the header and whether messages are signed; a dry run stamps nothing.
+fn provenance_fields(provenance: Option<&Provenance>, mode: Mode) -> Value {
+    match (provenance, mode) {
+        (Some(provenance), Mode::Enforce) => json!({
+            "subjects": provenance.subjects(),
+            "header": provenance.names().spiffe,
+            "signed": provenance.sign().is_some(),
+        }),
+        _ => Value::Null,
     }
 }
 

@@ -7,15 +7,33 @@ use super::audit::Subscription;
 use super::handshake::Decision;
 use super::observe::{self, DecisionKind};
 use super::output::Rewrite;
+use super::provenance::{Done, Edit, Publish};
 use super::{
-    forward_control_line, AuditEvent, Connection, Forward, HeldHeaders, PayloadFate, PongOwner,
+    forward_control_line, AuditEvent, Connection, Forward, HeldFrame, PayloadFate, PongOwner,
     State, Verdict, MAX_HELD_HEADERS,
 };
 use crate::policy::{ConnectionPermissions, SubscribeDecision};
+use crate::protocol::headers;
 use crate::protocol::{
     publish_violation, subscription_violation, ClientOp, ClientParser, Connect, ControlLine, Item,
     Operation, PayloadPiece, ProtocolError, WholeFrame,
 };
+
+/// At most this many reserved-header removals of one connection get an audit line (the first
+/// ones); all of them are counted.
+const MAX_REPORTED_REMOVALS: u32 = 32;
+
+/// What becomes of a publish once decided.
+enum Outcome {
+    /// Its bytes go as they came (a control line that was not canonical in canonical form).
+    Keep,
+    /// These bytes replace its control line and header block; the payload follows unchanged.
+    Replace(Vec<u8>),
+    /// Its payload is needed too (a signature covers it): hold it, then decide again.
+    HoldPayload,
+    /// It is dropped; its answer is on its way (a denial's `-ERR`, or a close).
+    Dropped,
+}
 
 impl Connection {
     pub(super) fn process_client(
@@ -80,21 +98,25 @@ impl Connection {
         now: Duration,
         out: &mut Rewrite,
     ) {
-        match &mut self.client_payload {
-            PayloadFate::Forward => out.keep(piece.span),
-            PayloadFate::Drop => out.drop(piece.span),
-            PayloadFate::Inspect(headers) => {
-                out.drop(piece.span.clone());
-                let take = headers.remaining.min(piece.data.len());
-                let header_part = piece.span.start..piece.span.start + take;
-                headers.held.extend_from_slice(&chunk[header_part.clone()]);
-                headers.remaining -= take;
-                if headers.remaining == 0 {
-                    self.release_held_headers(now, out);
-                    if self.client_payload == PayloadFate::Forward {
-                        out.keep(header_part.end..piece.span.end);
-                    }
-                }
+        // The piece's bytes from `at` on are still to place.
+        let mut at = piece.span.start;
+        loop {
+            let frame = match &mut self.client_payload {
+                PayloadFate::Forward => return out.keep(at..piece.span.end),
+                PayloadFate::Drop => return out.drop(at..piece.span.end),
+                PayloadFate::Inspect(frame) => frame,
+            };
+            let take = frame.remaining.min(piece.data.end - at);
+            frame.held.extend_from_slice(&chunk[at..at + take]);
+            frame.remaining -= take;
+            out.drop(at..at + take);
+            at += take;
+            if frame.remaining > 0 {
+                return;
+            }
+            self.release_held_frame(now, out);
+            if matches!(self.state, State::Closing) {
+                return;
             }
         }
     }
@@ -128,27 +150,62 @@ impl Connection {
                 State::Established(_),
                 ClientOp::Pub {
                     subject,
+                    reply,
                     payload_len,
-                    ..
                 },
-            ) => match self.publish_allowed(subject, None, payload_len, now) {
-                Ok(()) => forward_control_line(out, line),
-                Err(denied) => {
-                    out.drop(line.span.clone());
-                    self.deny_publish(&denied, now, out);
+            ) => {
+                let publish = Publish {
+                    subject,
+                    reply,
+                    headers: None,
+                    // An empty payload is at hand already.
+                    payload: (payload_len == 0).then_some(&[][..]),
+                    payload_len,
+                };
+                match self.decide_publish(&publish, false, now, out) {
+                    Outcome::Keep => forward_control_line(out, line),
+                    Outcome::Replace(head) => {
+                        out.drop(line.span.clone());
+                        out.insert(&head);
+                    }
+                    Outcome::HoldPayload => {
+                        out.drop(line.span.clone());
+                        self.hold(line.op, subject, reply, None, payload_len as usize, true);
+                    }
+                    Outcome::Dropped => out.drop(line.span.clone()),
                 }
-            },
+            }
             (
                 State::Established(_),
                 ClientOp::HPub {
                     subject,
+                    reply,
                     header_len,
                     total_len,
-                    ..
                 },
             ) => {
-                let lengths = (header_len as usize, total_len);
-                self.client_hpub(line, subject, lengths, chunk, now, out)
+                let headers_end = line.span.end + header_len as usize;
+                if !self.session_has_headers() {
+                    // nats-server closes silently on HPUB without headers:true.
+                    out.drop(line.span.clone());
+                    self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
+                } else if headers_end > chunk.len() && header_len as usize > MAX_HELD_HEADERS {
+                    out.drop(line.span.clone());
+                    self.fail_protocol(&ProtocolError::UnknownOperation, out);
+                } else {
+                    // The decision needs the header block (a Nats-Trace-Dest header is a publish
+                    // too; reserved headers are removed): hold the line until it is complete.
+                    out.drop(line.span.clone());
+                    let header_len = Some(header_len as usize);
+                    self.hold(
+                        line.op,
+                        subject,
+                        reply,
+                        header_len,
+                        total_len as usize,
+                        false,
+                    );
+                }
             }
             (
                 State::Established(_),
@@ -230,48 +287,29 @@ impl Connection {
         })
     }
 
-    /// `lengths`: the header block's and the whole payload's.
-    fn client_hpub(
+    /// Holds a PUB/HPUB whose decision needs more of its bytes: its header block, or (`permitted`
+    /// already) its whole payload.
+    fn hold(
         &mut self,
-        line: &ControlLine<ClientOp>,
+        op: ClientOp,
         subject: &str,
-        (header_len, payload_len): (usize, u32),
-        chunk: &[u8],
-        now: Duration,
-        out: &mut Rewrite,
+        reply: Option<&str>,
+        header_len: Option<usize>,
+        total_len: usize,
+        permitted: bool,
     ) {
-        let headers_start = line.span.end;
-        let headers_end = headers_start + header_len;
-        if !self.session_has_headers() {
-            // nats-server closes silently on HPUB without headers:true.
-            out.drop(line.span.clone());
-            self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
-        } else if headers_end <= chunk.len() {
-            let headers = &chunk[headers_start..headers_end];
-            match self.publish_allowed(subject, Some(headers), payload_len, now) {
-                Ok(()) => forward_control_line(out, line),
-                Err(denied) => {
-                    out.drop(line.span.clone());
-                    self.deny_publish(&denied, now, out);
-                }
-            }
-        } else if header_len > MAX_HELD_HEADERS {
-            out.drop(line.span.clone());
-            self.fail_protocol(&ProtocolError::UnknownOperation, out);
-        } else {
-            // The decision needs the header block (a Nats-Trace-Dest header is a publish too):
-            // hold the line until the block is complete.
-            out.drop(line.span.clone());
-            let mut held = Vec::with_capacity(line.op.canonical_len() + header_len);
-            line.op.write_canonical(&mut held);
-            self.client_payload = PayloadFate::Inspect(Box::new(HeldHeaders {
-                line_len: held.len(),
-                held,
-                remaining: header_len,
-                subject: subject.into(),
-                payload_len,
-            }));
-        }
+        let mut held = Vec::with_capacity(op.canonical_len() + header_len.unwrap_or(total_len));
+        op.write_canonical(&mut held);
+        self.client_payload = PayloadFate::Inspect(Box::new(HeldFrame {
+            line_len: held.len(),
+            held,
+            header_len,
+            total_len,
+            remaining: header_len.unwrap_or(total_len),
+            subject: subject.into(),
+            reply: reply.map(Into::into),
+            permitted,
+        }));
     }
 
     fn client_sub(
@@ -383,7 +421,6 @@ impl Connection {
     /// Answers a denied publish like nats-server: the frame is dropped (its payload too) and
     /// a PING goes upstream whose PONG becomes `Permissions Violation for Publish to "<subject>"`.
     pub(super) fn deny_publish(&mut self, denied_subject: &str, now: Duration, out: &mut Rewrite) {
-        self.report.counters.publish_denied += 1;
         if let State::Established(session) = &self.state {
             let rules = session.permissions.matched_rules();
             let ruling = observe::settled(
@@ -401,15 +438,96 @@ impl Connection {
                 &ruling,
             ));
         }
+        self.answer_publish_violation(denied_subject, out);
+    }
+
+    /// A publish the permissions allow that provenance refuses (`reason`): answered like a
+    /// denied one.
+    fn refuse_publish(&mut self, subject: &str, reason: &'static str, out: &mut Rewrite) {
+        if let State::Established(session) = &self.state {
+            self.report.events.push(AuditEvent::publish_refused(
+                subject,
+                reason,
+                &session.identity,
+            ));
+        }
+        self.answer_publish_violation(subject, out);
+    }
+
+    fn answer_publish_violation(&mut self, subject: &str, out: &mut Rewrite) {
+        self.report.counters.publish_denied += 1;
         self.client_payload = PayloadFate::Drop;
         out.insert(b"PING\r\n");
-        self.pongs.push_back(PongOwner::Error(publish_violation(
-            denied_subject.as_bytes(),
-        )));
+        self.pongs
+            .push_back(PongOwner::Error(publish_violation(subject.as_bytes())));
+    }
+
+    /// Decides a publish read far enough: the permissions (unless `permitted` already), then
+    /// what provenance makes of it. Counts it, and answers it when it is dropped.
+    fn decide_publish(
+        &mut self,
+        publish: &Publish,
+        permitted: bool,
+        now: Duration,
+        out: &mut Rewrite,
+    ) -> Outcome {
+        if !permitted {
+            if let Err(denied) = self.publish_allowed(publish.subject, publish.headers, now) {
+                self.report.counters.publish_bytes_denied += publish.size();
+                self.deny_publish(&denied, now, out);
+                return Outcome::Dropped;
+            }
+        }
+        let (edit, done) = self.provenance_edit(publish, now);
+        let counters = &mut self.report.counters;
+        match edit {
+            Edit::Keep => {
+                counters.publish_allowed += 1;
+                counters.publish_bytes_allowed += publish.size();
+                Outcome::Keep
+            }
+            Edit::Replace(head) => {
+                counters.publish_allowed += 1;
+                counters.publish_bytes_allowed += publish.size();
+                self.report_provenance(publish.subject, done);
+                Outcome::Replace(head)
+            }
+            Edit::NeedsPayload => Outcome::HoldPayload,
+            Edit::Refuse(reason) => {
+                counters.publish_bytes_denied += publish.size();
+                self.refuse_publish(publish.subject, reason, out);
+                Outcome::Dropped
+            }
+            Edit::TooLarge { size, max } => {
+                self.fail_protocol(&ProtocolError::PayloadTooLarge { size, max }, out);
+                Outcome::Dropped
+            }
+        }
+    }
+
+    /// Counts what provenance did to a publish; audits the first removals of reserved headers.
+    fn report_provenance(&mut self, subject: &str, done: Done) {
+        let counters = &mut self.report.counters;
+        counters.provenance_stamped += u64::from(done.stamped);
+        counters.reserved_headers_removed += done.removed.len() as u64;
+        let State::Established(session) = &mut self.state else {
+            return;
+        };
+        if done.removed.is_empty() || session.removals_reported >= MAX_REPORTED_REMOVALS {
+            return;
+        }
+        session.removals_reported += 1;
+        self.report
+            .events
+            .push(AuditEvent::reserved_headers_removed(
+                subject,
+                &done.removed,
+                &session.identity,
+            ));
     }
 
     /// A PUB/HPUB read whole (line, payload, terminator) on an established connection: forwarded
-    /// as it is, or answered like nats-server.
+    /// as it is (or rewritten by provenance), or answered like nats-server.
     pub(super) fn client_whole_frame(
         &mut self,
         frame: WholeFrame<ClientOp>,
@@ -417,10 +535,11 @@ impl Connection {
         now: Duration,
         out: &mut Rewrite,
     ) {
-        let (subject, headers) = match frame.op {
-            ClientOp::Pub { subject, .. } => (subject, None),
+        let (subject, reply, header_len) = match frame.op {
+            ClientOp::Pub { subject, reply, .. } => (subject, reply, None),
             ClientOp::HPub {
                 subject,
+                reply,
                 header_len,
                 ..
             } => {
@@ -430,8 +549,7 @@ impl Connection {
                     self.fail_protocol(&ProtocolError::WrongArgumentCount, out);
                     return;
                 }
-                let headers_end = frame.payload.start + header_len as usize;
-                (subject, Some(&chunk[frame.payload.start..headers_end]))
+                (subject, reply, Some(header_len as usize))
             }
             // `whole_frame` reads only frames with a payload.
             _ => {
@@ -440,12 +558,29 @@ impl Connection {
                 return;
             }
         };
-        let payload_len = frame.payload.len() as u32;
-        match self.publish_allowed(subject, headers, payload_len, now) {
-            Ok(()) => out.keep(frame.span),
-            Err(denied) => {
+        let payload_start = frame.payload.start + header_len.unwrap_or(0);
+        let payload = &chunk[payload_start..frame.payload.end];
+        let publish = Publish {
+            subject,
+            reply,
+            headers: header_len.map(|_| &chunk[frame.payload.start..payload_start]),
+            payload: Some(payload),
+            payload_len: payload.len() as u32,
+        };
+        match self.decide_publish(&publish, false, now, out) {
+            Outcome::Keep => out.keep(frame.span),
+            Outcome::Replace(head) => {
+                out.drop(frame.span.start..payload_start);
+                out.insert(&head);
+                out.keep(payload_start..frame.span.end);
+            }
+            // The payload was at hand; this does not happen, and the frame is refused if it did.
+            Outcome::HoldPayload => {
                 out.drop(frame.span);
-                self.deny_publish(&denied, now, out);
+                self.fail_protocol(&ProtocolError::UnknownOperation, out);
+            }
+            Outcome::Dropped => {
+                out.drop(frame.span);
                 // The payload went with the frame.
                 self.client_payload = PayloadFate::Forward;
             }
@@ -457,13 +592,11 @@ impl Connection {
     }
 
     /// nats-server's publish checks for a PUB (`headers: None`) or an HPUB whose header block is
-    /// at hand; counts an allowed publish, and the payload bytes of either. `Err` carries the
-    /// subject the violation names.
+    /// at hand. `Err` carries the subject the violation names.
     pub(super) fn publish_allowed(
         &mut self,
         subject: &str,
         headers: Option<&[u8]>,
-        payload_len: u32,
         now: Duration,
     ) -> Result<(), String> {
         let State::Established(session) = &mut self.state else {
@@ -491,20 +624,14 @@ impl Connection {
                 },
             );
         }
-        let counters = &mut self.report.counters;
-        if verdict.is_ok() {
-            counters.publish_allowed += 1;
-            counters.publish_bytes_allowed += u64::from(payload_len);
-        } else {
-            counters.publish_bytes_denied += u64::from(payload_len);
-        }
         verdict
     }
 
-    /// The header block of a held HPUB is complete: decide, then forward the held bytes or
-    /// answer the denial. Sets the fate of the rest of the payload.
-    pub(super) fn release_held_headers(&mut self, now: Duration, out: &mut Rewrite) {
-        let PayloadFate::Inspect(headers) =
+    /// A held PUB/HPUB has the bytes its decision needs: decide, then forward what is held (or
+    /// its rewrite), hold on for the payload, or answer the denial. Sets the fate of the rest
+    /// of the payload.
+    pub(super) fn release_held_frame(&mut self, now: Duration, out: &mut Rewrite) {
+        let PayloadFate::Inspect(mut frame) =
             std::mem::replace(&mut self.client_payload, PayloadFate::Forward)
         else {
             return;
@@ -513,15 +640,34 @@ impl Connection {
             self.client_payload = PayloadFate::Drop;
             return;
         }
-        let header_block = &headers.held[headers.line_len..];
-        match self.publish_allowed(
-            &headers.subject,
-            Some(header_block),
-            headers.payload_len,
-            now,
-        ) {
-            Ok(()) => out.insert(&headers.held),
-            Err(denied) => self.deny_publish(&denied, now, out),
+        let header_len = frame.header_len.unwrap_or(0);
+        let payload_start = frame.line_len + header_len;
+        let payload_len = frame.total_len - header_len;
+        let outcome = {
+            let payload = &frame.held[payload_start.min(frame.held.len())..];
+            let publish = Publish {
+                subject: &frame.subject,
+                reply: frame.reply.as_deref(),
+                headers: frame
+                    .header_len
+                    .map(|_| &frame.held[frame.line_len..payload_start]),
+                payload: (payload.len() == payload_len).then_some(payload),
+                payload_len: payload_len as u32,
+            };
+            self.decide_publish(&publish, frame.permitted, now, out)
+        };
+        match outcome {
+            Outcome::Keep => out.insert(&frame.held),
+            Outcome::Replace(head) => {
+                out.insert(&head);
+                out.insert(&frame.held[payload_start..]);
+            }
+            Outcome::HoldPayload => {
+                frame.permitted = true;
+                frame.remaining = payload_start + payload_len - frame.held.len();
+                self.client_payload = PayloadFate::Inspect(frame);
+            }
+            Outcome::Dropped => {}
         }
     }
 
@@ -580,20 +726,15 @@ struct TraceDestinations {
     others: Vec<String>,
 }
 
-fn trace_destinations(headers: &[u8]) -> TraceDestinations {
+fn trace_destinations(block: &[u8]) -> TraceDestinations {
     const KEY: &[u8] = b"Nats-Trace-Dest";
     let mut traces = TraceDestinations::default();
-    let server_reads_traces = headers.starts_with(b"NATS/1.0\r\n");
-    for line in headers.split(|&b| b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|&b| b == b':') else {
+    let server_reads_traces = block.starts_with(b"NATS/1.0\r\n");
+    for line in headers::lines(block) {
+        let Some(key) = line.name.filter(|key| key.eq_ignore_ascii_case(KEY)) else {
             continue;
         };
-        let key = line[..colon].trim_ascii();
-        if !key.eq_ignore_ascii_case(KEY) {
-            continue;
-        }
-        let value = String::from_utf8_lossy(line[colon + 1..].trim_ascii()).into_owned();
+        let value = String::from_utf8_lossy(line.value).into_owned();
         if server_reads_traces && key == KEY && traces.read_by_server.is_none() {
             traces.read_by_server = Some(value);
         } else {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::observe::{admit, compare, Admission, Context, DecisionKind, Observer};
 use super::output::Rewrite;
+use super::provenance;
 use super::subscriptions::Subscriptions;
 use super::telemetry::{self, MetricLabels};
 use super::{
@@ -201,7 +202,9 @@ impl Connection {
             gate.policy.version(),
             gate.policy.mode(),
             gate.policy.shadow().is_some(),
+            gate.policy.provenance(),
         ));
+        let stamping = provenance::Stamping::of(gate, &identity);
         self.state = State::Established(Box::new(Session {
             valid_until: identity.valid_until(),
             headers: connect.headers() == Some(true),
@@ -214,6 +217,8 @@ impl Connection {
             verify_again_by: None,
             subscriptions: Subscriptions::default(),
             observer,
+            stamping,
+            removals_reported: 0,
         }));
     }
 

@@ -16,6 +16,7 @@ mod client;
 mod handshake;
 mod observe;
 mod output;
+pub mod provenance;
 mod reload;
 mod server;
 mod subscriptions;
@@ -25,7 +26,7 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::identity::{Authenticator, ConfigIssue, Identity, ProxySigner, TokenField};
+use crate::identity::{Authenticator, ConfigIssue, Identity, NkeySigner, TokenField};
 use crate::policy::{ConnectionPermissions, Policy};
 use crate::protocol::{
     ClientParser, Connect, ControlLine, Limits, Operation, ServerParser,
@@ -59,41 +60,37 @@ pub struct Gate {
     pub authenticator: std::cell::RefCell<Authenticator>,
     /// The shadow policy's, when its identity configuration is its own.
     pub shadow_authenticator: Option<std::cell::RefCell<Authenticator>>,
-    pub proxy_signer: Option<ProxySigner>,
+    pub proxy_signer: Option<NkeySigner>,
+    /// The `provenance.sign` key.
+    pub provenance_signer: Option<NkeySigner>,
 }
 
 impl Gate {
-    /// Loads a configuration exactly as the filter does: the policy, then the trusted-proxy
-    /// seed. `seed_env` reads `trusted_proxy.seed_env`'s variable: `Ok(None)` leaves the seed
-    /// unchecked and the gate without a signer (the `natsguard` command, outside Envoy).
-    /// Returns the gate and the warnings to report; an error is one line with the JSON path.
+    /// Loads a configuration exactly as the filter does: the policy, then its nkey seeds
+    /// (`trusted_proxy`, `provenance.sign`). `seed_env` reads a `seed_env`'s variable: `Ok(None)`
+    /// leaves the seed unchecked and the gate without that signer (the `natsguard` command,
+    /// outside Envoy). Returns the gate and the warnings to report; an error is one line with
+    /// the JSON path.
     pub fn load(
         json: &str,
         seed_env: &dyn Fn(&str) -> Result<Option<String>, String>,
     ) -> Result<(Gate, Vec<crate::policy::Warning>), String> {
-        use crate::policy::TrustedProxySeed;
         let loaded = crate::policy::load(json).map_err(|error| error.to_string())?;
-        let proxy_signer = match loaded.policy.trusted_proxy() {
-            None => None,
-            Some(TrustedProxySeed::Seed(seed)) => Some(
-                ProxySigner::from_seed(seed)
-                    .map_err(|e| format!("trusted_proxy.seed: {}", e.reason()))?,
-            ),
-            Some(TrustedProxySeed::Env(name)) => match seed_env(name)? {
-                None => None,
-                Some(seed) => Some(
-                    ProxySigner::from_seed(seed.trim())
-                        .map_err(|e| format!("trusted_proxy.seed_env: {}", e.reason()))?,
-                ),
-            },
-        };
-        let gate = Gate::new(loaded.policy, proxy_signer)
+        let policy = &loaded.policy;
+        let proxy_signer = signer(policy.trusted_proxy(), "trusted_proxy", seed_env)?;
+        let provenance_seed = policy.provenance().and_then(|provenance| provenance.sign());
+        let provenance_signer = signer(provenance_seed, "provenance.sign", seed_env)?;
+        let gate = Gate::new(loaded.policy, proxy_signer, provenance_signer)
             .map_err(|issue| format!("identity.{}: {}", issue.path, issue.reason))?;
         Ok((gate, loaded.warnings))
     }
 
-    /// A compiled policy with its authenticators (its remote key sets start empty).
-    pub fn new(policy: Policy, proxy_signer: Option<ProxySigner>) -> Result<Gate, ConfigIssue> {
+    /// A compiled policy with its authenticators (its remote key sets start empty) and signers.
+    pub fn new(
+        policy: Policy,
+        proxy_signer: Option<NkeySigner>,
+        provenance_signer: Option<NkeySigner>,
+    ) -> Result<Gate, ConfigIssue> {
         let authenticator = Authenticator::new(policy.identity_config())?;
         let shadow_authenticator = match policy.shadow() {
             Some(shadow) if shadow.identity_config() != policy.identity_config() => Some(
@@ -106,6 +103,7 @@ impl Gate {
             authenticator: std::cell::RefCell::new(authenticator),
             shadow_authenticator,
             proxy_signer,
+            provenance_signer,
         })
     }
 
@@ -120,6 +118,28 @@ impl Gate {
             .as_ref()
             .unwrap_or(&self.authenticator)
     }
+}
+
+/// The signer of a seed at `path` (`trusted_proxy`, `provenance.sign`).
+fn signer(
+    seed: Option<&crate::policy::NkeySeed>,
+    path: &str,
+    seed_env: &dyn Fn(&str) -> Result<Option<String>, String>,
+) -> Result<Option<NkeySigner>, String> {
+    use crate::policy::NkeySeed;
+    let (seed, at) = match seed {
+        None => return Ok(None),
+        Some(NkeySeed::Seed(seed)) => (seed.clone(), "seed"),
+        Some(NkeySeed::Env(name)) => {
+            match seed_env(name).map_err(|reason| format!("{path}.seed_env: {reason}"))? {
+                None => return Ok(None),
+                Some(seed) => (seed, "seed_env"),
+            }
+        }
+    };
+    NkeySigner::from_seed(seed.trim())
+        .map(Some)
+        .map_err(|error| format!("{path}.{at}: {}", error.reason()))
 }
 
 /// When the connection must close.
@@ -165,6 +185,10 @@ pub struct Counters {
     pub shadow_would_deny: [u64; 4],
     /// And would have allowed where the applied one denied.
     pub shadow_would_allow: [u64; 4],
+    /// Publishes natsguard stamped with the publisher's identity.
+    pub provenance_stamped: u64,
+    /// Reserved headers removed from client publishes.
+    pub reserved_headers_removed: u64,
 }
 
 impl Counters {
@@ -189,6 +213,9 @@ impl Counters {
             shadow_would_allow: std::array::from_fn(|kind| {
                 self.shadow_would_allow[kind] + other.shadow_would_allow[kind]
             }),
+            provenance_stamped: self.provenance_stamped + other.provenance_stamped,
+            reserved_headers_removed: self.reserved_headers_removed
+                + other.reserved_headers_removed,
         }
     }
 }
@@ -268,6 +295,10 @@ struct Session {
     subscriptions: Subscriptions,
     /// The second reading of the connection's decisions (shadow policy, dry run).
     observer: Option<Box<observe::Observer>>,
+    /// What the connection's stamped messages get (an enforced `provenance` configuration).
+    stamping: Option<Box<provenance::Stamping>>,
+    /// Reserved-header removals reported in audit lines so far (all are counted).
+    removals_reported: u32,
 }
 
 struct PresentedToken {
@@ -300,23 +331,31 @@ struct Pending {
 enum PayloadFate {
     Forward,
     Drop,
-    /// An HPUB whose header block is still arriving: its line and headers are held.
-    Inspect(Box<HeldHeaders>),
+    /// A PUB or HPUB held until the bytes its decision needs arrived: the header block (a
+    /// `Nats-Trace-Dest` header is a publish too, reserved headers are removed), or the whole
+    /// payload (a provenance signature covers it).
+    Inspect(Box<HeldFrame>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
-struct HeldHeaders {
-    /// The canonical HPUB line, then the header bytes received so far.
+struct HeldFrame {
+    /// The canonical PUB/HPUB line, then the payload bytes (headers first) received so far.
     held: Vec<u8>,
     line_len: usize,
+    /// The header block's length; `None` for a PUB.
+    header_len: Option<usize>,
+    /// The payload's length, header block included.
+    total_len: usize,
+    /// Bytes still to hold before the frame is decided again.
     remaining: usize,
     subject: Box<str>,
-    /// The HPUB's total payload length (headers included).
-    payload_len: u32,
+    reply: Option<Box<str>>,
+    /// The permissions allowed it already (only the payload was missing).
+    permitted: bool,
 }
 
-/// Largest HPUB header block natsguard holds to read `Nats-Trace-Dest` when the block is split
-/// across reads (real header blocks are a few hundred bytes).
+/// Largest HPUB header block natsguard holds to read it when the block is split across reads
+/// (real header blocks are a few hundred bytes).
 pub const MAX_HELD_HEADERS: usize = 64 * 1024;
 
 /// One NATS connection through the filter.

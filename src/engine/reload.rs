@@ -13,6 +13,9 @@
 //!   reload `-ERR` with the sid. The subscriptions still allowed re-arm the delivery filter, as
 //!   nats-server's `canSubscribe` does for them.
 //!
+//! - Provenance (the headers stamped, their names, the signing key, the reserved headers) is the
+//!   new configuration's from the next publish on; in a dry run nothing is stamped.
+//!
 //! Decisions change at once; what must be said waits for a frame boundary in each direction
 //! (see [`super::Pending`]).
 
@@ -20,6 +23,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use super::observe::{DecisionKind, Observer};
+use super::provenance::Stamping;
 use super::telemetry::{Decision, MetricLabels};
 use super::{AuditEvent, Connection, Gate, State, AWAIT_KEYS_TIMEOUT};
 use crate::identity::{AuthOutcome, Identity};
@@ -64,6 +68,7 @@ impl Connection {
             return false;
         };
         session.valid_until = identity.valid_until();
+        session.stamping = Stamping::of(&self.gate, &identity);
         session.identity = identity;
         session.permissions = permissions;
         let labels = MetricLabels::of(Some(&session.identity), session.permissions.matched_rules());
@@ -120,6 +125,7 @@ impl Connection {
         session.valid_until = None;
         session.verify_again_by = None;
         session.permissions = self.gate.policy.unrestricted_permissions();
+        session.stamping = None;
         let labels = MetricLabels::of(Some(&session.identity), &[]);
         self.relabel(labels);
     }
@@ -230,6 +236,7 @@ impl Connection {
             if let Some(identity) = self.verify_identity_again(now) {
                 if let State::Established(session) = &mut self.state {
                     session.valid_until = identity.valid_until();
+                    session.stamping = Stamping::of(&self.gate, &identity);
                     session.identity = identity;
                 }
             }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::observe::DecisionKind;
 use super::output::Rewrite;
 use super::{
-    forward_control_line, AuditEvent, Close, Connection, Forward, PayloadFate, PongOwner, State,
-    Verdict,
+    forward_control_line, AuditEvent, Close, Connection, Forward, Gate, PayloadFate, PongOwner,
+    Session, State, Verdict,
 };
 use crate::protocol::{Item, Operation, ServerOp, ServerParser};
 
@@ -197,9 +197,7 @@ impl Connection {
             .is_some_and(|observer| observer.reads_deliveries_of(sid));
         if !(filters || observed) {
             if let Some(reply) = reply {
-                session
-                    .permissions
-                    .record_delivered_reply(reply.as_bytes(), now);
+                record_reply(session, &self.gate, subject, reply, now);
             }
             return true;
         }
@@ -235,10 +233,22 @@ impl Connection {
             return false;
         }
         if let Some(reply) = reply {
-            session
-                .permissions
-                .record_delivered_reply(reply.as_bytes(), now);
+            record_reply(session, &self.gate, subject, reply, now);
         }
         true
+    }
+}
+
+/// allow_responses bookkeeping of a delivered message's reply subject; a response to a message
+/// on a subject provenance stamps is stamped too.
+fn record_reply(session: &mut Session, gate: &Gate, subject: &str, reply: &str, now: Duration) {
+    let permissions = &mut session.permissions;
+    permissions.record_delivered_reply(reply.as_bytes(), now);
+    if let (Some(provenance), Some(stamping)) =
+        (gate.policy.provenance(), session.stamping.as_deref_mut())
+    {
+        if stamping.selects(provenance, subject.as_bytes()) {
+            permissions.note_reply_answers_selected(reply.as_bytes());
+        }
     }
 }

@@ -110,6 +110,11 @@ pub fn count_frames(counters: &Counters) {
     add("connections_reevaluated", counters.reevaluated);
     add("subscriptions_revoked", counters.subscriptions_revoked);
     add("connections_revoked", counters.revoked);
+    add("provenance.stamped", counters.provenance_stamped);
+    add(
+        "provenance.spoof_removed",
+        counters.reserved_headers_removed,
+    );
     // Names fixed per kind: metrics are counted per chunk, without formatting.
     const WOULD_DENY: [&str; 4] = [
         "shadow.would_deny.connect",

@@ -198,6 +198,7 @@ fn record(event: &AuditEvent, connection: &Connection) {
         EventKind::ProtocolError => metrics::count_reason("protocol_errors", event.reason),
         EventKind::Expired => metrics::count_reason("connections_closed", event.reason),
         EventKind::Deny
+        | EventKind::ReservedHeadersRemoved
         | EventKind::SubscriptionRevoked
         | EventKind::ShadowDiff
         | EventKind::Subscribe

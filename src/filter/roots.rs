@@ -140,9 +140,9 @@ fn load(configuration: &[u8]) -> Result<(Gate, Vec<policy::Warning>), String> {
     let json =
         std::str::from_utf8(configuration).map_err(|_| "configuration is not UTF-8".to_string())?;
     Gate::load(json, &|name| {
-        std::env::var(name).map(Some).map_err(|_| {
-            format!("trusted_proxy.seed_env: environment variable {name} is not set for the VM")
-        })
+        std::env::var(name)
+            .map(Some)
+            .map_err(|_| format!("environment variable {name} is not set for the VM"))
     })
 }
 

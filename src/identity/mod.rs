@@ -9,7 +9,8 @@
 //! clock, does no I/O and never panics on input: the filter fetches remote key sets through Envoy
 //! and hands them to [`Authenticator::update_remote_jwks`].
 //!
-//! [`ProxySigner`] signs nats-server's INFO nonce as a trusted proxy (`proxy_sig`).
+//! [`NkeySigner`] signs nats-server's INFO nonce as a trusted proxy (`proxy_sig`) and provenance
+//! headers; [`PublicNkey`] checks provenance signatures.
 
 mod config;
 mod jwks;
@@ -27,7 +28,7 @@ pub use config::{
     SpiffeConfig, TokenField,
 };
 pub use jwks::JwksError;
-pub use nkey::{NkeyError, ProxySigner};
+pub use nkey::{NkeyError, NkeySigner, PublicNkey};
 pub use spiffe::{SpiffeError, SpiffeId};
 
 pub use jwt::{audiences, unverified_claims};

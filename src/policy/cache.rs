@@ -29,6 +29,8 @@ fn word(bytes: &[u8]) -> u64 {
 pub(crate) enum DecisionKind {
     Publish,
     Deliver,
+    /// Whether `provenance.subjects` selects a publish subject.
+    Stamp,
 }
 
 #[derive(Debug)]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::config::{
     AllowResponsesConfig, Config, ConfigError, DefaultAction, Dimension, FromConfig, LimitsConfig,
-    Mode, SubjectPermissionConfig, TelemetryConfig, TrustedProxyConfig, UpstreamConfig,
+    Mode, NkeySeedConfig, SubjectPermissionConfig, TelemetryConfig, UpstreamConfig,
 };
 use super::connection::{
     ConnectionPermissions, EffectivePermissions, EntryList, PermissionEntry, ResponsePermission,
@@ -14,11 +14,12 @@ use super::connection::{
 use super::duration::parse_go_duration;
 use super::identity_facts::IdentityFacts;
 use super::lint::{lint, Warning};
+use super::provenance::{Provenance, ReservedHeaders};
 use super::rules::{ClaimCondition, FromClause, StringMatch};
 use super::subject::is_valid_subject;
 use super::template::{Template, Variable};
 use super::trie::PatternTrie;
-use crate::identity::{IdentityConfig, ProxySigner};
+use crate::identity::{IdentityConfig, NkeySigner};
 
 /// nats-server's defaults for `allow_responses` (server/const.go).
 const DEFAULT_RESPONSE_MAX_MSGS: i64 = 1;
@@ -113,20 +114,20 @@ impl std::fmt::Debug for UpstreamCredentials {
     }
 }
 
-/// Where the trusted-proxy nkey seed comes from.
+/// Where an nkey seed comes from (`trusted_proxy`, `provenance.sign`).
 #[derive(Clone, PartialEq, Eq)]
-pub enum TrustedProxySeed {
-    /// The seed itself (validated with the identity module's `ProxySigner::from_seed`).
+pub enum NkeySeed {
+    /// The seed itself (validated with the identity module's `NkeySigner::from_seed`).
     Seed(String),
     /// An environment variable the filter reads at start.
     Env(String),
 }
 
-impl std::fmt::Debug for TrustedProxySeed {
+impl std::fmt::Debug for NkeySeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            TrustedProxySeed::Seed(_) => f.write_str("Seed(<redacted>)"),
-            TrustedProxySeed::Env(name) => write!(f, "Env({name:?})"),
+            NkeySeed::Seed(_) => f.write_str("Seed(<redacted>)"),
+            NkeySeed::Env(name) => write!(f, "Env({name:?})"),
         }
     }
 }
@@ -159,7 +160,7 @@ pub struct Policy {
     default_action: DefaultAction,
     rules: Vec<CompiledRule>,
     upstream: Option<UpstreamCredentials>,
-    trusted_proxy: Option<TrustedProxySeed>,
+    trusted_proxy: Option<NkeySeed>,
     limits: LimitsConfig,
     strip_connect_urls: bool,
     unrestricted: Arc<EffectivePermissions>,
@@ -173,6 +174,8 @@ pub struct Policy {
     dimensions: Vec<Dimension>,
     /// `audit.subscriptions`.
     audit_subscriptions: bool,
+    provenance: Option<Provenance>,
+    reserved_headers: ReservedHeaders,
 }
 
 /// Hex digits of the configuration's SHA-256 that name a policy version.
@@ -320,8 +323,18 @@ impl Policy {
         let trusted_proxy = config
             .trusted_proxy
             .as_ref()
-            .map(compile_trusted_proxy)
+            .map(|seed| compile_seed(seed, "trusted_proxy"))
             .transpose()?;
+        let provenance = config
+            .provenance
+            .as_ref()
+            .map(Provenance::compile)
+            .transpose()?;
+        let reserved_headers = ReservedHeaders::compile(
+            &config.reserved_headers,
+            provenance.as_ref(),
+            config.reserved_header_action,
+        )?;
         validate_limits(&config.limits)?;
         let dimensions = compile_dimensions(&config.telemetry)?;
         let unrestricted = Arc::new(EffectivePermissions::unrestricted(
@@ -343,6 +356,8 @@ impl Policy {
             shadow: None,
             dimensions,
             audit_subscriptions: config.audit.subscriptions,
+            provenance,
+            reserved_headers,
         };
         Ok(LoadedPolicy { policy, warnings })
     }
@@ -448,8 +463,34 @@ impl Policy {
     }
 
     /// `trusted_proxy` seed source, if configured.
-    pub fn trusted_proxy(&self) -> Option<&TrustedProxySeed> {
+    pub fn trusted_proxy(&self) -> Option<&NkeySeed> {
         self.trusted_proxy.as_ref()
+    }
+
+    /// `provenance`, if configured.
+    pub fn provenance(&self) -> Option<&Provenance> {
+        self.provenance.as_ref()
+    }
+
+    /// `reserved_headers` (with the provenance names) and `reserved_header_action`.
+    pub fn reserved_headers(&self) -> &ReservedHeaders {
+        &self.reserved_headers
+    }
+
+    /// Every seed the configuration reads from an environment variable, with the JSON path of
+    /// its `seed_env`.
+    pub fn seed_envs(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let seeds = [
+            ("trusted_proxy.seed_env", self.trusted_proxy()),
+            (
+                "provenance.sign.seed_env",
+                self.provenance().and_then(Provenance::sign),
+            ),
+        ];
+        seeds.into_iter().filter_map(|(path, seed)| match seed {
+            Some(NkeySeed::Env(name)) => Some((path, name.as_str())),
+            _ => None,
+        })
     }
 
     /// `limits`.
@@ -770,12 +811,17 @@ fn compile_upstream(upstream: &UpstreamConfig) -> Result<UpstreamCredentials, Co
     }
 }
 
-fn compile_trusted_proxy(proxy: &TrustedProxyConfig) -> Result<TrustedProxySeed, ConfigError> {
-    match (&proxy.seed, &proxy.seed_env) {
-        (Some(seed), None) => ProxySigner::from_seed(seed)
-            .map(|_| TrustedProxySeed::Seed(seed.clone()))
+/// An nkey seed at `path` (`trusted_proxy`, `provenance.sign`): the seed itself, checked, or the
+/// name of the environment variable the filter reads it from.
+pub(super) fn compile_seed(config: &NkeySeedConfig, path: &str) -> Result<NkeySeed, ConfigError> {
+    match (&config.seed, &config.seed_env) {
+        (Some(seed), None) => NkeySigner::from_seed(seed)
+            .map(|_| NkeySeed::Seed(seed.clone()))
             .map_err(|error| {
-                ConfigError::new("trusted_proxy.seed", format!("invalid nkey seed: {error}"))
+                ConfigError::new(
+                    format!("{path}.seed"),
+                    format!("invalid nkey seed: {error}"),
+                )
             }),
         (None, Some(name)) => {
             let valid = !name.is_empty()
@@ -784,16 +830,16 @@ fn compile_trusted_proxy(proxy: &TrustedProxyConfig) -> Result<TrustedProxySeed,
                     .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
                 && !name.as_bytes()[0].is_ascii_digit();
             if valid {
-                Ok(TrustedProxySeed::Env(name.clone()))
+                Ok(NkeySeed::Env(name.clone()))
             } else {
                 Err(ConfigError::new(
-                    "trusted_proxy.seed_env",
+                    format!("{path}.seed_env"),
                     format!("{name:?} is not an environment variable name"),
                 ))
             }
         }
         _ => Err(ConfigError::new(
-            "trusted_proxy",
+            path,
             "expected either \"seed\" or \"seed_env\"",
         )),
     }

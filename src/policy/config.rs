@@ -70,7 +70,7 @@ pub struct Config {
     pub upstream: Option<UpstreamConfig>,
     /// nkey seed with which natsguard signs the server nonce (`proxy_sig`).
     #[serde(default)]
-    pub trusted_proxy: Option<TrustedProxyConfig>,
+    pub trusted_proxy: Option<NkeySeedConfig>,
     /// Resource limits.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -89,6 +89,15 @@ pub struct Config {
     /// Optional audit lines.
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The verified publisher identity in the headers of messages on chosen subjects.
+    #[serde(default)]
+    pub provenance: Option<ProvenanceConfig>,
+    /// Header names no client may publish (the provenance headers are added to them).
+    #[serde(default = "default_reserved_headers")]
+    pub reserved_headers: Vec<String>,
+    /// What a client publish carrying a reserved header gets.
+    #[serde(default)]
+    pub reserved_header_action: ReservedHeaderAction,
 }
 
 /// `telemetry`: the dimensions (Envoy stat tags, Prometheus labels) of natsguard's labelled
@@ -153,6 +162,47 @@ impl Dimension {
 pub struct AuditConfig {
     /// One line for every SUB and UNSUB, allowed or not (default false).
     pub subscriptions: bool,
+}
+
+/// The default `reserved_headers`: nats-server's own identity header, which it sets on
+/// requests through service imports and which a client can otherwise forge.
+pub const DEFAULT_RESERVED_HEADERS: [&str; 1] = ["Nats-Request-Info"];
+/// The default `provenance.header`.
+pub const DEFAULT_PROVENANCE_HEADER: &str = "Nats-Publisher";
+
+fn default_reserved_headers() -> Vec<String> {
+    DEFAULT_RESERVED_HEADERS.map(String::from).to_vec()
+}
+
+fn default_provenance_header() -> String {
+    DEFAULT_PROVENANCE_HEADER.to_owned()
+}
+
+/// `provenance`: which messages get the publisher's identity in their headers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvenanceConfig {
+    /// nats-server subject patterns of the publishes stamped; default none.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    /// The SPIFFE ID's header; `<header>-Subject` carries the JWT's `iss/sub`, `<header>-Sig`
+    /// the signature.
+    #[serde(default = "default_provenance_header")]
+    pub header: String,
+    /// An nkey seed that signs the provenance headers.
+    #[serde(default)]
+    pub sign: Option<NkeySeedConfig>,
+}
+
+/// `reserved_header_action`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservedHeaderAction {
+    /// The header is removed, the message goes on.
+    #[default]
+    Remove,
+    /// The publish is refused like a denied one (`Permissions Violation for Publish to ...`).
+    Refuse,
 }
 
 /// `mode`.
@@ -414,10 +464,10 @@ impl fmt::Debug for UpstreamConfig {
     }
 }
 
-/// `trusted_proxy`: `{"seed"}` or `{"seed_env"}`.
+/// An nkey seed (`trusted_proxy`, `provenance.sign`): `{"seed"}` or `{"seed_env"}`.
 #[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TrustedProxyConfig {
+pub struct NkeySeedConfig {
     /// The nkey seed itself.
     #[serde(default)]
     pub seed: Option<String>,
@@ -427,9 +477,9 @@ pub struct TrustedProxyConfig {
 }
 
 /// Secrets stay out of logs.
-impl fmt::Debug for TrustedProxyConfig {
+impl fmt::Debug for NkeySeedConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TrustedProxyConfig")
+        f.debug_struct("NkeySeedConfig")
             .field("seed", &self.seed.as_ref().map(|_| "<redacted>"))
             .field("seed_env", &self.seed_env)
             .finish()

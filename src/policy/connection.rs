@@ -146,6 +146,8 @@ pub enum SubscribeDecision {
 struct ReplyGrant {
     recorded_at: Duration,
     uses: i64,
+    /// The message it answers was on a subject `provenance.subjects` selects.
+    answers_selected: bool,
 }
 
 /// Reply subjects the connection may publish to under allow_responses.
@@ -153,6 +155,8 @@ struct ReplyGrant {
 pub(super) struct ReplyGrants {
     grants: BTreeMap<Box<[u8]>, ReplyGrant>,
     bytes: usize,
+    /// Some grant ever answered a selected message (until then nothing is looked up for it).
+    any_answers_selected: bool,
 }
 
 impl ReplyGrants {
@@ -200,6 +204,7 @@ impl ReplyGrants {
                 ReplyGrant {
                     recorded_at: now,
                     uses: 0,
+                    answers_selected: false,
                 },
             )
             .is_none()
@@ -401,6 +406,27 @@ impl ConnectionPermissions {
                 }
             }
         }
+    }
+
+    /// The reply subject of a message just delivered (and recorded with
+    /// [`Self::record_delivered_reply`]) on a subject `provenance.subjects` selects: the
+    /// response it grants is stamped too.
+    pub fn note_reply_answers_selected(&mut self, reply: &[u8]) {
+        if let Some(grant) = self.replies.grants.get_mut(reply) {
+            grant.answers_selected = true;
+            self.replies.any_answers_selected = true;
+        }
+    }
+
+    /// Whether `subject` is the reply subject of a message delivered on a selected subject,
+    /// granted by allow_responses (see [`Self::note_reply_answers_selected`]).
+    pub fn answers_selected_message(&self, subject: &[u8]) -> bool {
+        self.replies.any_answers_selected
+            && self
+                .replies
+                .grants
+                .get(subject)
+                .is_some_and(|grant| grant.answers_selected)
     }
 
     fn static_publish_decision(&mut self, subject: &[u8]) -> PublishVerdict {

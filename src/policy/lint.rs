@@ -9,7 +9,7 @@ use super::compile::{compile_entry, Entry};
 use super::config::one_line;
 use super::config::{
     AllowResponsesConfig, Config, DefaultAction, Dimension, FromConfig, Mode, RuleConfig,
-    SubjectPermissionConfig,
+    SubjectPermissionConfig, DEFAULT_RESERVED_HEADERS,
 };
 use super::subject::{is_subset_match, tokens};
 use super::template::Variable;
@@ -62,6 +62,7 @@ pub(super) fn lint(config: &Config) -> Vec<Warning> {
             "allow: connections matching no rule are unrestricted",
         ));
     }
+    lint_provenance(config, &mut warnings);
     for (index, rule) in config.rules.iter().enumerate() {
         lint_rule(
             rule,
@@ -71,6 +72,38 @@ pub(super) fn lint(config: &Config) -> Vec<Warning> {
         );
     }
     warnings
+}
+
+/// `provenance` and `reserved_headers`: what they leave undone.
+fn lint_provenance(config: &Config, out: &mut Vec<Warning>) {
+    let reserves = |name: &str| {
+        config
+            .reserved_headers
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+    };
+    for name in DEFAULT_RESERVED_HEADERS {
+        if !reserves(name) {
+            out.push(Warning::new(
+                "reserved_headers",
+                format!("{name} is not listed: a client can forge nats-server's identity header, and services behind the mesh read it as who asked"),
+            ));
+        }
+    }
+    let Some(provenance) = &config.provenance else {
+        return;
+    };
+    if config.mode == Mode::DryRun {
+        out.push(Warning::new(
+            "provenance",
+            "a dry run changes no message: nothing is stamped and no reserved header removed",
+        ));
+    } else if provenance.subjects.is_empty() {
+        out.push(Warning::new(
+            "provenance.subjects",
+            "empty: no message is stamped (only the reserved headers are removed)",
+        ));
+    }
 }
 
 fn lint_rule(rule: &RuleConfig, path: &str, identity: &IdentityConfig, out: &mut Vec<Warning>) {

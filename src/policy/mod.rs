@@ -16,22 +16,23 @@ mod duration;
 mod explain;
 mod identity_facts;
 mod lint;
+mod provenance;
 mod rules;
 pub(crate) mod subject;
 mod template;
 mod trie;
 
 pub use compile::{
-    policy_version, LoadedPolicy, NoMatchingRule, Policy, RuleMatch, TrustedProxySeed,
-    UpstreamCredentials,
+    policy_version, LoadedPolicy, NkeySeed, NoMatchingRule, Policy, RuleMatch, UpstreamCredentials,
 };
 #[cfg(not(target_arch = "wasm32"))] // the command's own messages
 pub(crate) use config::one_line;
 pub use config::{
     AllowResponsesConfig, AuditConfig, Config, ConfigError, DefaultAction, Dimension, FromConfig,
-    LimitsConfig, Mode, PermissionForm, PermissionsConfig, RuleConfig, ShadowConfig,
-    SubjectPermissionConfig, TelemetryConfig, TrustedProxyConfig, UpstreamConfig,
-    DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
+    LimitsConfig, Mode, NkeySeedConfig, PermissionForm, PermissionsConfig, ProvenanceConfig,
+    ReservedHeaderAction, RuleConfig, ShadowConfig, SubjectPermissionConfig, TelemetryConfig,
+    UpstreamConfig, DEFAULT_DECISION_CACHE_ENTRIES, DEFAULT_MAX_CONNECT_LINE,
+    DEFAULT_PROVENANCE_HEADER, DEFAULT_RESERVED_HEADERS,
 };
 pub use connection::{
     is_reserved_reply, ConnectionPermissions, EntryList, PermissionEntry, ResponsePermission,
@@ -40,6 +41,7 @@ pub use connection::{
 pub use explain::Ruling;
 pub use identity_facts::IdentityFacts;
 pub use lint::Warning;
+pub use provenance::{Provenance, ProvenanceNames, ReservedHeaders, Selection};
 pub use subject::is_valid_subject;
 
 /// Parses, validates and compiles natsguard's JSON configuration.

@@ -61,6 +61,7 @@
 
 mod error;
 mod fast;
+pub mod headers;
 mod json;
 mod line;
 mod op;

@@ -1,13 +1,17 @@
 //! natsguard's load generator and benchmark driver (`make bench` runs it through scripts/bench.sh).
 //!
-//! In one run it starts, one after the other, the five setups of the benchmark on loopback ports
+//! In one run it starts, one after the other, the eight setups of the benchmark on loopback ports
 //! (with the test harness of tests/support, so the benchmark runs the committed envoy/mesh.yaml):
 //!   1. client → nats-server;
 //!   2. client → Envoy mesh harness (mTLS hops, tcp_proxy, no natsguard) → nats-server;
 //!   3. as 2 with natsguard and an allow-all policy;
 //!   4. as 3 with a 1,000-rule policy with templates, client authenticated by an RS256 JWT;
 //!   5. as 4 with a shadow policy beside it (the same 1,000 rules with one more deny entry each
-//!      for the benchmark client's rules): every decision made twice, what a rollout costs.
+//!      for the benchmark client's rules): every decision made twice, what a rollout costs;
+//!   6. as 3 with `audit.subscriptions` (an audit line for every SUB and UNSUB);
+//!   7. as 3 with provenance on every benchmark subject: each message stamped with the
+//!      publisher's SPIFFE ID (a PUB becomes an HPUB);
+//!   8. as 7, signed (Ed25519 over the subject, identity, time and payload SHA-256);
 //! and then the filter on the wire (wire.rs): one Envoy, four plaintext listeners (tcp_proxy, a
 //! pass-through module, natsguard allow-all and restricted) measured in interleaved rounds.
 //!
@@ -21,7 +25,7 @@
 //! (no LTO) and runs `target/loadgen/loadgen`, passing its own arguments on.
 //!
 //! Usage: target/loadgen/loadgen [--out FILE] [--seconds 1.5] [--payloads 16,128,1024,65536]
-//!            [--setups 1,2,3,4,5,6]
+//!            [--setups 1,2,3,4,5,6,7,8]
 //!            [--only throughput,latency,connect,memory,nats-bench,live-policy,subscriptions,wire]
 //! Without --out, a full run writes BENCHMARKS.md; a partial run (any of the last three options)
 //! writes target/bench-partial.md, where whatever it did not measure is marked as such. The
@@ -53,9 +57,10 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
   --seconds N           how long each throughput run publishes (default 1.5)
   --payloads LIST       throughput payload sizes in bytes, e.g. 128,1024 (default 16,128,1024,65536;
                         nats bench runs those of 128 and 1024 in the list)
-  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5,6: 1 direct, 2 Envoy tcp_proxy,
-                        3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 + shadow,
-                        6 as 3 + audit.subscriptions)
+  --setups LIST         setups to run, e.g. 2,3 (default 1,2,3,4,5,6,7,8: 1 direct, 2 Envoy
+                        tcp_proxy, 3 natsguard allow-all, 4 natsguard 1,000 rules + JWT, 5 as 4 +
+                        shadow, 6 as 3 + audit.subscriptions, 7 as 3 + provenance stamping, 8 as 7
+                        + signature)
   --only LIST           measurements, e.g. throughput,latency (default all: throughput,latency,
                         connect,memory,nats-bench,live-policy,subscriptions,wire; wire is the
                         one-Envoy plaintext setup: tcp_proxy, pass-through module, natsguard
@@ -65,7 +70,7 @@ usage: scripts/bench.sh [OPTIONS]   (or target/loadgen/loadgen [OPTIONS] from th
 const PAYLOADS: [usize; 4] = [16, 128, 1024, 65536];
 /// The largest payload nats-server accepts by default (`max_payload`).
 const MAX_PAYLOAD: usize = 1 << 20;
-const SETUPS: [usize; 6] = [1, 2, 3, 4, 5, 6];
+const SETUPS: [usize; 8] = [1, 2, 3, 4, 5, 6, 7, 8];
 const PUBLISHERS: [usize; 2] = [1, 16];
 /// Bytes a publisher may have sent beyond what the subscriber received: keeps nats-server from
 /// cutting the subscriber off as a slow consumer, without limiting the rate.
@@ -149,7 +154,10 @@ async fn connect(port: u16, token: Option<&str>) -> Result<TcpStream> {
     stream.set_nodelay(true).map_err(|e| e.to_string())?;
     read_until(&mut stream, b"\r\n").await?;
     let auth = token.map_or(String::new(), |t| format!(",\"auth_token\":\"{t}\""));
-    let connect = format!("CONNECT {{\"verbose\":false,\"pedantic\":false{auth}}}\r\nPING\r\n");
+    // Headers on, as every client library sets them (rows 6 and 7 forward HPUBs).
+    let connect = format!(
+        "CONNECT {{\"verbose\":false,\"pedantic\":false,\"headers\":true{auth}}}\r\nPING\r\n"
+    );
     stream
         .write_all(connect.as_bytes())
         .await
@@ -279,6 +287,19 @@ fn allow_all_policy() -> String {
 fn allow_all_policy_with_subscription_audit() -> String {
     let mut config: Value = serde_json::from_str(&allow_all_policy()).expect("row 3's policy");
     config["audit"] = json!({ "subscriptions": true });
+    config.to_string()
+}
+
+/// A user nkey seed (nats-server's server/auth_callout_test.go) that signs row 8's stamps.
+const PROVENANCE_SEED: &str = "SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU";
+
+/// Rows 7 and 8: row 3's policy, every benchmark subject stamped (and signed).
+fn provenance_policy(signed: bool) -> String {
+    let mut config: Value = serde_json::from_str(&allow_all_policy()).expect("row 3's policy");
+    config["provenance"] = json!({ "subjects": ["bench.>"] });
+    if signed {
+        config["provenance"]["sign"] = json!({ "seed": PROVENANCE_SEED });
+    }
     config.to_string()
 }
 
@@ -1316,7 +1337,7 @@ fn run() -> Result<()> {
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
 
-    let setups: [StartSetup; 6] = [
+    let setups: [StartSetup; 8] = [
         |_, _| Setup {
             name: "1. client → nats-server",
             filtered: false,
@@ -1364,6 +1385,22 @@ fn run() -> Result<()> {
             prefix: "bench".into(),
             token: None,
             running: Running::Mesh(Mesh::start(&allow_all_policy_with_subscription_audit())),
+        },
+        |_, _| Setup {
+            name: "7. as 3 + provenance",
+            filtered: true,
+            probes_live_policy: false,
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&provenance_policy(false))),
+        },
+        |_, _| Setup {
+            name: "8. as 7, signed",
+            filtered: true,
+            probes_live_policy: false,
+            prefix: "bench".into(),
+            token: None,
+            running: Running::Mesh(Mesh::start(&provenance_policy(true))),
         },
     ];
     // Indexed by setup (row 1 at 0); `None` for a setup this run skipped (`--setups`).
@@ -1625,7 +1662,7 @@ fn report(
     let _ = writeln!(w, "- Machine: {}", machine());
     let _ = writeln!(w, "- Envoy {envoy_version} (`--concurrency 1`, the test harness's settings), {}, natsguard {commit} ({wasm_size} bytes of wasm, V8)", command_output(&venv("nats-server"), &["--version"]));
     let _ = writeln!(w, "- Load generator: benches/loadgen/src/main.rs (raw NATS protocol on tokio, 2 worker threads), on the same cores as Envoy and nats-server.");
-    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree); 6. as 3 with `audit.subscriptions: true` (an audit line for every SUB and UNSUB). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 to 6 only.");
+    let _ = writeln!(w, "- Setups, one at a time, all on loopback: 1. client → nats-server; 2. client → Envoy outbound listener → mTLS with the client's SPIFFE certificate → Envoy inbound listener (TLS termination, tcp_proxy) → nats-server, i.e. envoy/mesh.yaml without the wasm filter; 3. the same with natsguard and an allow-all rule; 4. the same with a 1,000-rule policy (templates, claim and namespace rules, allow_responses) and the client authenticated by an RS256 JWT in CONNECT (inline JWKS); 5. as 4 with a `shadow` policy (the same 1,000 rules, the client's with one more deny entry it never meets: every decision is made twice and the readings agree); 6. as 3 with `audit.subscriptions: true` (an audit line for every SUB and UNSUB); 7. as 3 with `provenance` on every benchmark subject (each message stamped with the publisher's SPIFFE ID: its PUB forwarded as an HPUB); 8. as 7 with `provenance.sign` (each message also signed). After each mesh setup the run checks Envoy's stats: the client-side mTLS handshakes happened, and natsguard counted connections in rows 3 to 8 only.");
     let _ = writeln!(w, "- Throughput: median of {ROUNDS} runs; publishers send for {:.1} s (`--seconds`), with at most {} MB in flight beyond what one subscriber (through the same path) has received; rate = messages received / time until the last arrived. Envoy CPU = the run time of every Envoy thread (`/proc/<pid>/task/*/schedstat`, nanoseconds) over the same interval, divided by the messages (each crosses Envoy twice: publisher → server, server → subscriber, each through both sidecars).", options.run_for.as_secs_f64(), IN_FLIGHT_BYTES >> 20);
     let _ = writeln!(w, "- Latency: {LATENCY_REQUESTS} request/reply round trips (16 B) at {LATENCY_RATE_PER_SECOND}/s, one in flight, after 500 warm-up requests; requester and responder both through the setup.");
     let _ = writeln!(w, "- CONNECT: {CONNECTS} sequential connections (TCP, through the mesh the mTLS handshake, INFO, CONNECT, PING/PONG); with JWT each connection presents a distinct token.");
@@ -1978,6 +2015,14 @@ fn report(
             c.cpu_per_pair_us.map_or("-".into(), |c| format!("{c:.2}"))
         );
     }
+
+    let _ = writeln!(
+        w,
+        "\n## What provenance costs (rows 7 and 8 against row 3)\n\nEvery message stamped (row 7), and signed (row 8); ratios against row 3 in the same run.\n"
+    );
+    option_cost(w, row(2), row(6), (3, 7, "stamped"));
+    let _ = writeln!(w);
+    option_cost(w, row(2), row(7), (3, 8, "signed"));
 
     let _ = writeln!(
         w,

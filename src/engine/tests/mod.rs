@@ -14,7 +14,7 @@ const INFO: &[u8] =
 
 fn gate(policy_json: &str) -> Rc<Gate> {
     let loaded = policy::load(policy_json).expect("valid policy");
-    Rc::new(Gate::new(loaded.policy, None).expect("identity configuration"))
+    Rc::new(Gate::new(loaded.policy, None, None).expect("identity configuration"))
 }
 
 fn billing_policy() -> Rc<Gate> {
@@ -466,5 +466,6 @@ fn the_end_of_a_connection_counts_everything_and_leaves_pending_counters_for_met
 }
 
 mod observe;
+mod provenance;
 mod reload;
 mod telemetry;
