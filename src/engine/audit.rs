@@ -140,8 +140,8 @@ impl AuditEvent {
         if let Some(queue) = queue {
             fields.insert("queue".into(), queue.into());
         }
-        fields.insert("enforced".into(), ruling_fields(applied));
-        fields.insert("shadow".into(), ruling_fields(observed));
+        fields.insert("enforced".into(), ruling_fields(applied).into());
+        fields.insert("shadow".into(), ruling_fields(observed).into());
         fields.insert("mode".into(), mode_name(context.mode).into());
         match context.identity {
             Some(identity) => fields.append(&mut identity_fields(Some(identity), &[])),
@@ -248,14 +248,7 @@ impl AuditEvent {
         policy_version: &str,
     ) -> AuditEvent {
         let mut fields = subscription_fields("SUB", subscription);
-        fields.insert(
-            "decision".into(),
-            if ruling.allowed { "allow" } else { "deny" }.into(),
-        );
-        if let Some(rule) = ruling.rule() {
-            fields.insert("rule".into(), rule.into());
-        }
-        fields.insert("entry".into(), ruling.reason.as_str().into());
+        fields.append(&mut ruling_fields(ruling));
         fields.append(&mut identity_fields(Some(identity), rules));
         fields.insert("policy_version".into(), policy_version.into());
         AuditEvent::new(EventKind::Subscribe, "", fields)
@@ -355,7 +348,7 @@ fn provenance_fields(provenance: Option<&Provenance>, mode: Mode) -> Value {
     }
 }
 
-fn ruling_fields(ruling: &Ruling) -> Value {
+fn ruling_fields(ruling: &Ruling) -> Map<String, Value> {
     let mut fields = Map::new();
     fields.insert(
         "decision".into(),
@@ -365,7 +358,7 @@ fn ruling_fields(ruling: &Ruling) -> Value {
         fields.insert("rule".into(), rule.into());
     }
     fields.insert("entry".into(), ruling.reason.as_str().into());
-    Value::Object(fields)
+    fields
 }
 
 fn difference_counts(counts: &[u64; 4]) -> Value {
