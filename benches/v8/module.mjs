@@ -3,7 +3,7 @@
 // `make bench` noisy on shared cores. A development tool for optimising the data path; the
 // figures users compare are Envoy's, in BENCHMARKS.md.
 //
-//   node --no-liftoff benches/v8/module.mjs [allow-all|restricted] [payload bytes] [chunk bytes]
+//   node --no-liftoff benches/v8/module.mjs [allow-all|restricted|stamped|signed] [payload bytes] [chunk bytes]
 //
 // `--no-liftoff`: proxy-wasm-cpp-host runs V8 with TurboFan only. For a profile, build the module
 // without stripping (CARGO_PROFILE_RELEASE_STRIP=false scripts/build-wasm.sh) and run
@@ -58,6 +58,10 @@ const policies = {
     }],
   },
 };
+// Provenance (docs/provenance.md): allow-all with every benchmark subject stamped, and signed
+// (the user nkey seed make bench's rows 7 and 8 use).
+policies.stamped = { ...policies['allow-all'], provenance: { subjects: ['bench.>'] } };
+policies.signed = { ...policies['allow-all'], provenance: { subjects: ['bench.>'], sign: { seed: 'SUAP277QP7U4JMFFPVZHLJYEQJ2UHOTYVEIZJYAWRJXQLP4FRSEHYZJJOU' } } };
 if (!policies[policyName]) throw new Error(`policy: one of ${Object.keys(policies).join(', ')}`);
 const policy = Buffer.from(JSON.stringify(policies[policyName]));
 const SPIFFE = Buffer.from('spiffe://cluster.local/ns/billing/sa/publisher');
