@@ -17,4 +17,4 @@ scripts/ensure-tools.sh
 envoy/gen-certs.sh >/dev/null
 cargo build --locked -p natsguard-loadgen --profile loadgen
 # Every run is bounded: a hung setup cannot keep the benchmark going forever.
-exec timeout --kill-after=10 600 target/loadgen/loadgen "$@"
+exec timeout --kill-after=10 1200 target/loadgen/loadgen "$@"
