@@ -398,3 +398,45 @@ async fn stamped_messages_carry_the_verified_publisher_to_every_reader() {
     // orders.created, orders.updated, the request on rpc.orders and its response.
     assert_eq!(wait_for_counter(&mesh, "provenance.stamped", 4), 4);
 }
+
+/// The two refusals provenance adds, through Envoy: a publish on a stamped subject from a client
+/// without headers (natsguard cannot send nats-server an HPUB for it), and with
+/// `reserved_header_action: refuse` a publish carrying a reserved header. Each gets nats-server's
+/// permissions violation, the connection stays, and nats-server never sees the frame.
+#[test]
+fn refused_publishes_never_reach_nats_server() {
+    let nats = NatsServer::start(None);
+    let mut spy = Session::open(nats.port, HEADERS);
+    assert_eq!(
+        spy.exchange("SUB orders.> 1\r\nSUB svc.> 2\r\n"),
+        Vec::<String>::new()
+    );
+    let mut config: Value = serde_json::from_str(&policy()).expect("policy");
+    config["reserved_header_action"] = json!("refuse");
+    let mesh = Mesh::start_with_server(&config.to_string(), nats);
+
+    let mut without_headers = Session::open(mesh.port_of("publisher"), "");
+    assert_eq!(
+        without_headers.exchange("PUB orders.created 2\r\nno\r\nPUB svc.end 3\r\nend\r\n"),
+        ["-ERR 'Permissions Violation for Publish to \"orders.created\"'"]
+    );
+    let mut spoofing = Session::open(mesh.port_of("publisher"), HEADERS);
+    let frames = [
+        hpub(
+            "svc.request",
+            "NATS/1.0\r\nnats-request-info: {}\r\n\r\n",
+            "q",
+        ),
+        "PUB svc.end2 4\r\nend2\r\n".to_owned(),
+    ]
+    .concat();
+    assert_eq!(
+        spoofing.exchange(&frames),
+        ["-ERR 'Permissions Violation for Publish to \"svc.request\"'"]
+    );
+    let seen = read_until_marker(&mut spy, "end2\r\n");
+    assert_eq!(
+        seen, "MSG svc.end 2 3\r\nend\r\nMSG svc.end2 2 4\r\nend2\r\n",
+        "only the allowed publishes reached nats-server"
+    );
+}
