@@ -44,8 +44,9 @@ else
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     echo "build-wasm: Debian rustc-web ($(/usr/bin/rustc --version)) with -Zbuild-std"
+    # RUSTFLAGS replaces .cargo/config.toml's target flags: it repeats their 32-bit limbs.
     RUSTC=/usr/bin/rustc RUSTC_BOOTSTRAP=1 \
-        RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi" \
+        RUSTFLAGS="-C link-self-contained=no -L /usr/lib/wasm32-wasi --cfg cpubits=\"32\"" \
         /usr/bin/cargo build --release --target "$target" --lib "${packages[@]}" -Zbuild-std=std,panic_abort
 fi
 

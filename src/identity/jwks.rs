@@ -7,6 +7,7 @@ use jwt_simple::reexports::ct_codecs::{Base64UrlSafeNoPadding, Decoder};
 use serde_json::{Map, Value};
 
 use super::config::JwtAlgorithm;
+use super::rsa_tokens::RsaKey;
 
 /// Most keys accepted in one key set: tokens without `kid` are tried against every key, so the
 /// set size bounds the work an unauthenticated client can cause.
@@ -52,12 +53,8 @@ impl std::error::Error for JwksError {}
 /// A public key ready to verify tokens of exactly one algorithm.
 #[derive(Clone)]
 pub(crate) enum AlgorithmKey {
-    RS256(RS256PublicKey),
-    RS384(RS384PublicKey),
-    RS512(RS512PublicKey),
-    PS256(PS256PublicKey),
-    PS384(PS384PublicKey),
-    PS512(PS512PublicKey),
+    /// RS256 to PS512, whose signatures `rsa_tokens` checks.
+    Rsa(RsaKey),
     ES256(ES256PublicKey),
     ES384(ES384PublicKey),
     EdDSA(Ed25519PublicKey),
@@ -66,12 +63,7 @@ pub(crate) enum AlgorithmKey {
 impl AlgorithmKey {
     fn algorithm(&self) -> JwtAlgorithm {
         match self {
-            AlgorithmKey::RS256(_) => JwtAlgorithm::RS256,
-            AlgorithmKey::RS384(_) => JwtAlgorithm::RS384,
-            AlgorithmKey::RS512(_) => JwtAlgorithm::RS512,
-            AlgorithmKey::PS256(_) => JwtAlgorithm::PS256,
-            AlgorithmKey::PS384(_) => JwtAlgorithm::PS384,
-            AlgorithmKey::PS512(_) => JwtAlgorithm::PS512,
+            AlgorithmKey::Rsa(key) => key.algorithm(),
             AlgorithmKey::ES256(_) => JwtAlgorithm::ES256,
             AlgorithmKey::ES384(_) => JwtAlgorithm::ES384,
             AlgorithmKey::EdDSA(_) => JwtAlgorithm::EdDSA,
@@ -84,17 +76,11 @@ impl AlgorithmKey {
         token: &str,
         options: VerificationOptions,
     ) -> Result<JWTClaims<NoCustomClaims>, jwt_simple::Error> {
-        let options = Some(options);
         match self {
-            AlgorithmKey::RS256(key) => key.verify_token(token, options),
-            AlgorithmKey::RS384(key) => key.verify_token(token, options),
-            AlgorithmKey::RS512(key) => key.verify_token(token, options),
-            AlgorithmKey::PS256(key) => key.verify_token(token, options),
-            AlgorithmKey::PS384(key) => key.verify_token(token, options),
-            AlgorithmKey::PS512(key) => key.verify_token(token, options),
-            AlgorithmKey::ES256(key) => key.verify_token(token, options),
-            AlgorithmKey::ES384(key) => key.verify_token(token, options),
-            AlgorithmKey::EdDSA(key) => key.verify_token(token, options),
+            AlgorithmKey::Rsa(key) => key.verify_token(token, &options),
+            AlgorithmKey::ES256(key) => key.verify_token(token, Some(options)),
+            AlgorithmKey::ES384(key) => key.verify_token(token, Some(options)),
+            AlgorithmKey::EdDSA(key) => key.verify_token(token, Some(options)),
         }
     }
 }
@@ -265,28 +251,17 @@ fn parse_jwk(
             let n = base64url_member(jwk, "n", path)?;
             let e = base64url_member(jwk, "e", path)?;
             for alg in algorithms.iter().copied().filter(|alg| usable(*alg)) {
-                let key = match alg {
-                    JwtAlgorithm::RS256 => {
-                        RS256PublicKey::from_components(&n, &e).map(AlgorithmKey::RS256)
-                    }
-                    JwtAlgorithm::RS384 => {
-                        RS384PublicKey::from_components(&n, &e).map(AlgorithmKey::RS384)
-                    }
-                    JwtAlgorithm::RS512 => {
-                        RS512PublicKey::from_components(&n, &e).map(AlgorithmKey::RS512)
-                    }
-                    JwtAlgorithm::PS256 => {
-                        PS256PublicKey::from_components(&n, &e).map(AlgorithmKey::PS256)
-                    }
-                    JwtAlgorithm::PS384 => {
-                        PS384PublicKey::from_components(&n, &e).map(AlgorithmKey::PS384)
-                    }
-                    JwtAlgorithm::PS512 => {
-                        PS512PublicKey::from_components(&n, &e).map(AlgorithmKey::PS512)
-                    }
-                    JwtAlgorithm::ES256 | JwtAlgorithm::ES384 | JwtAlgorithm::EdDSA => continue,
-                };
-                push(key.map_err(|error| invalid_key(path, error))?);
+                if matches!(
+                    alg,
+                    JwtAlgorithm::ES256 | JwtAlgorithm::ES384 | JwtAlgorithm::EdDSA
+                ) {
+                    continue;
+                }
+                push(
+                    RsaKey::new(alg, &n, &e)
+                        .map(AlgorithmKey::Rsa)
+                        .map_err(|error| invalid_key(path, error))?,
+                );
             }
         }
         "EC" => {

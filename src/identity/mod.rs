@@ -16,6 +16,7 @@ mod config;
 mod jwks;
 mod jwt;
 mod nkey;
+mod rsa_tokens;
 mod spiffe;
 mod verified_tokens;
 
