@@ -126,17 +126,37 @@ impl NatsServer {
     pub fn start(config: Option<&str>) -> NatsServer {
         let dir = tempfile::tempdir().expect("tempdir");
         let ports = free_ports(2);
-        let (port, monitor_port) = (ports[0], ports[1]);
-        let log = dir.path().join("nats-server.log");
+        if let Some(body) = config {
+            std::fs::write(dir.path().join("nats-server.conf"), body)
+                .expect("write nats-server.conf");
+        }
+        let process = Self::spawn(dir.path(), ports[0], ports[1]);
+        NatsServer {
+            port: ports[0],
+            monitor_port: ports[1],
+            dir,
+            process,
+        }
+    }
+
+    /// Kills nats-server (every client connection drops) and starts it again on the same
+    /// ports with the same configuration; returns once it listens.
+    pub fn restart(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        self.process = Self::spawn(self.dir.path(), self.port, self.monitor_port);
+    }
+
+    fn spawn(dir: &Path, port: u16, monitor_port: u16) -> Process {
+        let log = dir.join("nats-server.log");
         let mut command = Command::new(venv_binary("nats-server"));
         command
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .args(["-m", &monitor_port.to_string(), "-l"])
             .arg(&log);
-        if let Some(body) = config {
-            let path = dir.path().join("nats-server.conf");
-            std::fs::write(&path, body).expect("write nats-server.conf");
-            command.arg("-c").arg(path);
+        let config = dir.join("nats-server.conf");
+        if config.exists() {
+            command.arg("-c").arg(config);
         }
         let mut child = command
             .stdout(Stdio::null())
@@ -144,14 +164,9 @@ impl NatsServer {
             .spawn()
             .expect("spawn nats-server");
         wait_for_port(port, &mut child, "nats-server", &log);
-        NatsServer {
-            port,
-            monitor_port,
-            dir,
-            process: Process {
-                child,
-                name: "nats-server",
-            },
+        Process {
+            child,
+            name: "nats-server",
         }
     }
 

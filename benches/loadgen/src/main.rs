@@ -12,6 +12,7 @@
 //!   7. as 3 with provenance on every benchmark subject: each message stamped with the
 //!      publisher's SPIFFE ID (a PUB becomes an HPUB);
 //!   8. as 7, signed (Ed25519 over the subject, identity, time and payload SHA-256);
+//!
 //! and then the filter on the wire (wire.rs): one Envoy, four plaintext listeners (tcp_proxy, a
 //! pass-through module, natsguard allow-all and restricted) measured in interleaved rounds.
 //!
@@ -188,7 +189,13 @@ async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Result<Vec<u8>> {
         }
         let n = tokio::time::timeout(deadline, stream.read(&mut buf))
             .await
-            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|_| {
+                format!(
+                    "no {:?} within {deadline:?} (received {:?})",
+                    String::from_utf8_lossy(end),
+                    String::from_utf8_lossy(&received)
+                )
+            })?
             .map_err(|e| e.to_string())?;
         if n == 0 {
             return Err(format!(
@@ -1012,7 +1019,9 @@ async fn live_policy(setup: &Setup) -> Result<Option<LivePolicy>> {
                 .write_all(b"PUB bench.live.probe 0\r\n\r\nPING\r\n")
                 .await
                 .map_err(|e| e.to_string())?;
-            let answer = read_until(&mut client, b"PONG\r\n").await?;
+            let answer = read_until(&mut client, b"PONG\r\n")
+                .await
+                .map_err(|e| format!("policy update {update}: {e}"))?;
             if memchr::memmem::find(&answer, b"-ERR").is_some() == denies {
                 // The denying version gets a new root context every time (nothing holds the
                 // previous one); the allowing one is the connection's own, kept alive by it.
@@ -1420,10 +1429,10 @@ fn run() -> Result<()> {
     }
     let wire = if options.measures(Measurement::Wire) {
         eprintln!("loadgen: the filter on the wire (one Envoy, four plaintext listeners)");
-        let bench = wire::WireBench::start(&jwks);
+        let mut bench = wire::WireBench::start(&jwks);
         let token = idp.token(CONNECTS)?;
         let per_message = runtime.block_on(wire::per_message(&bench, &token, &options.payloads))?;
-        let connect = Some(runtime.block_on(wire::connect_cost(&bench, &idp))?);
+        let connect = Some(runtime.block_on(wire::connect_cost(&mut bench, &idp))?);
         Some(wire::Wire {
             per_message,
             connect,
