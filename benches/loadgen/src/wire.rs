@@ -20,8 +20,8 @@ use super::{connect, cpu_time, median, throughput, Idp, Result, Target, ISSUER};
 pub const ROUNDS: usize = 7;
 /// How long each round publishes on each listener.
 const RUN_FOR: Duration = Duration::from_secs(1);
-/// Sequential connections per CONNECT figure.
-const CONNECTS: usize = 200;
+/// Sequential connections per listener and round of the CONNECT figures (7 rounds: 280 each).
+const CONNECTS_PER_ROUND: usize = 40;
 /// Clients in the reconnect storm.
 pub const STORM_CLIENTS: usize = 1000;
 
@@ -280,27 +280,41 @@ pub struct ConnectCost {
 }
 
 /// The median connection time, and Envoy's CPU per connection.
-async fn sequential(
-    bench: &WireBench,
-    listener: Listener,
-    tokens: &[String],
-) -> Result<Sequential> {
-    let port = bench.ports[listener.index()];
-    let pid = bench.envoy.child.id();
-    let cpu_before = cpu_time(pid)?;
-    let mut samples = Vec::with_capacity(tokens.len());
-    for token in tokens {
-        let started = Instant::now();
-        let connection = connect(port, Some(token)).await?;
-        samples.push(started.elapsed());
-        drop(connection);
+/// One kind of connection's samples, gathered over the rounds.
+#[derive(Default)]
+struct Connects {
+    times: Vec<Duration>,
+    cpu: Duration,
+}
+
+impl Connects {
+    /// Connects once per token, one at a time, each closed before the next.
+    async fn run(
+        &mut self,
+        bench: &WireBench,
+        listener: Listener,
+        tokens: &[String],
+    ) -> Result<()> {
+        let port = bench.ports[listener.index()];
+        let pid = bench.envoy.child.id();
+        let cpu_before = cpu_time(pid)?;
+        for token in tokens {
+            let started = Instant::now();
+            let connection = connect(port, Some(token)).await?;
+            self.times.push(started.elapsed());
+            drop(connection);
+        }
+        self.cpu += cpu_time(pid)? - cpu_before;
+        Ok(())
     }
-    let cpu = (cpu_time(pid)? - cpu_before) / tokens.len() as u32;
-    samples.sort();
-    Ok(Sequential {
-        p50: samples[samples.len() / 2],
-        cpu,
-    })
+
+    fn summary(mut self) -> Sequential {
+        self.times.sort();
+        Sequential {
+            p50: self.times[self.times.len() / 2],
+            cpu: self.cpu / self.times.len() as u32,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -327,17 +341,36 @@ async fn all_at_once(port: u16, tokens: &[String]) -> Result<(Duration, Vec<TcpS
 
 pub async fn connect_cost(bench: &mut WireBench, idp: &Idp) -> Result<ConnectCost> {
     // Users of their own: no token here was verified by this Envoy before.
-    let tokens = (10_000..10_000 + CONNECTS)
+    let tokens = (10_000..10_000 + ROUNDS * CONNECTS_PER_ROUND)
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
     let storm_tokens = (20_000..20_000 + STORM_CLIENTS)
         .map(|user| idp.token(user))
         .collect::<Result<Vec<_>>>()?;
     let port = |listener: Listener| bench.ports[listener.index()];
-    let tcp_proxy = sequential(bench, Listener::TcpProxy, &tokens).await?;
-    let pass_through = sequential(bench, Listener::PassThrough, &tokens).await?;
-    let fresh = sequential(bench, Listener::AllowAll, &tokens).await?;
-    let repeated = sequential(bench, Listener::AllowAll, &tokens).await?;
+    let [mut tcp_proxy, mut pass_through, mut fresh, mut repeated] =
+        std::array::from_fn(|_| Connects::default());
+    // Interleaved like the per-message rounds (a different listener first each round), so that
+    // the machine's load moves every figure alike; a round's tokens come back right after their
+    // first use.
+    for (round, batch) in tokens.chunks(CONNECTS_PER_ROUND).enumerate() {
+        for step in 0..3 {
+            match (round + step) % 3 {
+                0 => tcp_proxy.run(bench, Listener::TcpProxy, batch).await?,
+                1 => {
+                    pass_through
+                        .run(bench, Listener::PassThrough, batch)
+                        .await?
+                }
+                _ => {
+                    fresh.run(bench, Listener::AllowAll, batch).await?;
+                    repeated.run(bench, Listener::AllowAll, batch).await?;
+                }
+            }
+        }
+    }
+    let [tcp_proxy, pass_through, fresh, repeated] =
+        [tcp_proxy, pass_through, fresh, repeated].map(Connects::summary);
     let (storm_fresh, clients) = all_at_once(port(Listener::AllowAll), &storm_tokens).await?;
     // The reconnect storm: nats-server restarts under its clients, and all come back at once.
     tokio::task::block_in_place(|| bench.nats.restart());
@@ -410,7 +443,8 @@ pub fn targets(wire: Option<&Wire>) -> Vec<Judged> {
         }
     }
     let connect = wire.and_then(|wire| wire.connect.as_ref());
-    let limits: [(&str, fn(&ConnectCost) -> Sequential, f64); 2] = [
+    type Figure = fn(&ConnectCost) -> Sequential;
+    let limits: [(&str, Figure, f64); 2] = [
         (
             "an RS256 token never seen: adds ≤ 0.5 ms",
             |c| c.fresh,
@@ -489,7 +523,7 @@ pub fn section(w: &mut String, wire: Option<&Wire>) {
         "\n(ns) after a natsguard figure: added to the pass-through module's median."
     );
     if let Some(c) = &wire.connect {
-        let _ = writeln!(w, "\nCONNECT, {CONNECTS} sequential connections each (TCP, INFO, CONNECT with an RS256 JWT, PING/PONG), p50 and Envoy CPU per connection:\n\n| Listener | p50 | Envoy CPU |\n|---|---:|---:|");
+        let _ = writeln!(w, "\nCONNECT, {} sequential connections each in {ROUNDS} interleaved rounds (TCP, INFO, CONNECT with an RS256 JWT, PING/PONG), p50 and Envoy CPU per connection:\n\n| Listener | p50 | Envoy CPU |\n|---|---:|---:|", ROUNDS * CONNECTS_PER_ROUND);
         for (name, run) in [
             ("tcp_proxy", c.tcp_proxy),
             ("pass-through module", c.pass_through),
