@@ -3,6 +3,7 @@
 //! another subject's decision; the memory is at most `capacity` slots of short subjects, and
 //! nothing is allocated until the first insert (idle connections stay small).
 
+use std::cell::Cell;
 use std::hash::Hasher;
 
 use super::trie::TokenHasher;
@@ -45,6 +46,21 @@ struct Slot {
 pub(crate) struct DecisionCache {
     slots: Vec<Option<Slot>>,
     capacity: usize,
+    /// The slot last found or filled: a stream of frames on one subject is then decided by one
+    /// comparison, without hashing the subject again.
+    last: Cell<usize>,
+}
+
+impl Slot {
+    fn holds(&self, kind: DecisionKind, subject: &[u8], queue: Option<&[u8]>) -> bool {
+        self.kind == kind
+            && same_bytes(&self.subject, subject)
+            && match (&self.queue, queue) {
+                (None, None) => true,
+                (Some(cached), Some(queue)) => same_bytes(cached, queue),
+                _ => false,
+            }
+    }
 }
 
 impl DecisionCache {
@@ -52,6 +68,7 @@ impl DecisionCache {
         DecisionCache {
             slots: Vec::new(),
             capacity,
+            last: Cell::new(0),
         }
     }
 
@@ -74,18 +91,23 @@ impl DecisionCache {
         subject: &[u8],
         queue: Option<&[u8]>,
     ) -> Option<u8> {
+        let held = |index: usize| {
+            self.slots
+                .get(index)?
+                .as_ref()
+                .filter(|slot| slot.holds(kind, subject, queue))
+                .map(|slot| slot.verdict)
+        };
+        if let Some(verdict) = held(self.last.get()) {
+            return Some(verdict);
+        }
         if self.slots.is_empty() {
             return None;
         }
-        let slot = self.slots[self.index(kind, subject, queue)].as_ref()?;
-        let same = slot.kind == kind
-            && same_bytes(&slot.subject, subject)
-            && match (&slot.queue, queue) {
-                (None, None) => true,
-                (Some(cached), Some(queue)) => same_bytes(cached, queue),
-                _ => false,
-            };
-        same.then_some(slot.verdict)
+        let index = self.index(kind, subject, queue);
+        let verdict = held(index)?;
+        self.last.set(index);
+        Some(verdict)
     }
 
     pub(crate) fn insert(
@@ -103,11 +125,64 @@ impl DecisionCache {
             self.slots.resize_with(self.capacity, || None);
         }
         let index = self.index(kind, subject, queue);
+        self.last.set(index);
         self.slots[index] = Some(Slot {
             kind,
             subject: subject.into(),
             queue: queue.map(Into::into),
             verdict,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_slot_answers_only_for_its_own_key() {
+        // Capacity 1: every key shares the one slot, so each insert replaces the last one.
+        let mut cache = DecisionCache::new(1);
+        cache.insert(DecisionKind::Publish, b"orders.new", None, 1);
+        assert_eq!(
+            cache.get(DecisionKind::Publish, b"orders.new", None),
+            Some(1)
+        );
+        cache.insert(DecisionKind::Publish, b"orders.old", None, 0);
+        assert_eq!(cache.get(DecisionKind::Publish, b"orders.new", None), None);
+        assert_eq!(
+            cache.get(DecisionKind::Publish, b"orders.old", None),
+            Some(0)
+        );
+        assert_eq!(cache.get(DecisionKind::Deliver, b"orders.old", None), None);
+        assert_eq!(
+            cache.get(DecisionKind::Publish, b"orders.old", Some(b"q")),
+            None
+        );
+        cache.insert(DecisionKind::Deliver, b"orders.old", Some(b"q"), 1);
+        assert_eq!(
+            cache.get(DecisionKind::Deliver, b"orders.old", Some(b"q")),
+            Some(1)
+        );
+        assert_eq!(cache.get(DecisionKind::Deliver, b"orders.old", None), None);
+        assert_eq!(cache.get(DecisionKind::Publish, b"orders.old", None), None);
+    }
+
+    #[test]
+    fn a_hit_elsewhere_moves_the_last_slot() {
+        let mut cache = DecisionCache::new(64);
+        let subjects: Vec<Vec<u8>> = (0..32).map(|i| format!("s.{i}").into_bytes()).collect();
+        for (i, subject) in subjects.iter().enumerate() {
+            cache.insert(DecisionKind::Publish, subject, None, (i % 2) as u8);
+        }
+        for _ in 0..2 {
+            for (i, subject) in subjects.iter().enumerate() {
+                let found = cache.get(DecisionKind::Publish, subject, None);
+                // A colliding later subject may have replaced an earlier one; never a wrong verdict.
+                assert!(found.is_none() || found == Some((i % 2) as u8), "{i}");
+            }
+        }
+        let empty = DecisionCache::new(0);
+        assert_eq!(empty.get(DecisionKind::Publish, b"s.0", None), None);
     }
 }
