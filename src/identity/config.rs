@@ -167,7 +167,8 @@ pub enum JwtAlgorithm {
 }
 
 impl JwtAlgorithm {
-    const ALL: [JwtAlgorithm; 9] = [
+    /// RS256 to PS512 first, then the curves.
+    pub(crate) const ALL: [JwtAlgorithm; 9] = [
         JwtAlgorithm::RS256,
         JwtAlgorithm::RS384,
         JwtAlgorithm::RS512,

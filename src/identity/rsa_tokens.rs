@@ -727,14 +727,7 @@ mod tests {
             }
             .unwrap()
         };
-        let algorithms = [
-            JwtAlgorithm::RS256,
-            JwtAlgorithm::RS384,
-            JwtAlgorithm::RS512,
-            JwtAlgorithm::PS256,
-            JwtAlgorithm::PS384,
-            JwtAlgorithm::PS512,
-        ];
+        let algorithms = <[JwtAlgorithm; 6]>::try_from(&JwtAlgorithm::ALL[..6]).unwrap();
         let options = options(16384);
         for signed_with in algorithms {
             let valid = sign(signed_with, make(600, "nats"));
