@@ -53,9 +53,7 @@ impl VerifiedTokens {
     pub(crate) fn get(&mut self, digest: &TokenDigest, now: u64) -> Option<VerifiedJwt> {
         let entry = self.entries.get(digest)?;
         let still_valid = now >= entry.verified_at
-            && entry.verified.expires_at.is_none_or(|expires_at| {
-                now.saturating_sub(entry.verified.clock_skew_seconds) <= expires_at
-            });
+            && entry.verified.valid_until().is_none_or(|until| now < until);
         if still_valid {
             return Some(entry.verified.clone());
         }
